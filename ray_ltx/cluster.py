@@ -1,0 +1,69 @@
+"""Connecting to Ray: an existing cluster when one is named or running, a local one otherwise."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from ray_ltx.config import Config
+
+log = logging.getLogger(__name__)
+
+# Ray Data decode tasks, encode actors and train workers each take a CPU slot; on a laptop-sized
+# machine (2 cores) a local cluster would deadlock with only physical CPUs, so it advertises more
+# logical CPUs than cores. Real clusters declare their own resources.
+_MIN_LOCAL_CPUS = 8
+
+
+def init_ray(config: Config | None = None) -> None:
+    """Join the cluster of `distributed.ray_address`, `RAY_ADDRESS`, or start a local one.
+
+    Inside `ray job submit` RAY_ADDRESS is set, so the job's driver joins the job's cluster. A local
+    cluster binds its dashboard to 127.0.0.1 only.
+    """
+    if ray.is_initialized():
+        return
+    address = (config.distributed.ray_address if config else None) or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": _forwarded_env()}
+    if address:
+        log.info("connecting to the Ray cluster at %s", address)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return
+    cpus = max(os.cpu_count() or 1, _MIN_LOCAL_CPUS)
+    log.info("starting a local Ray cluster (%d logical CPUs)", cpus)
+    ray.init(
+        num_cpus=cpus,
+        include_dashboard=False,
+        dashboard_host="127.0.0.1",
+        runtime_env=runtime_env,
+        log_to_driver=True,
+    )
+
+
+def _forwarded_env() -> dict[str, str]:
+    """Environment that workers on other nodes need and only the driver has (credentials stay out of configs)."""
+    names = [
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_TRACKING_TOKEN",
+        "HF_TOKEN",
+        "HF_HOME",
+        "RAY_LTX_FAULT",
+        "RAY_LTX_FAULT_DIR",
+    ]
+    return {name: os.environ[name] for name in names if name in os.environ}
+
+
+def cluster_gpus() -> float:
+    """GPUs the connected cluster has in total."""
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def cluster_shape() -> dict[str, float]:
+    """Nodes, CPUs and GPUs of the connected cluster, for run records."""
+    resources = ray.cluster_resources()
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    return {"nodes": len(nodes), "cpus": resources.get("CPU", 0.0), "gpus": resources.get("GPU", 0.0)}

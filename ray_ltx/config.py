@@ -1,0 +1,494 @@
+"""The one typed configuration of ray-ltx: every default and every help text lives here.
+
+The tree has sections (model, data, diffusion, training, optimizer, validation, distributed,
+tracking). Every leaf has a name unique across the tree, so the finetrainers flags
+(``--rank 128``, ``--video_resolution_buckets 49x512x768``, ...) map onto it verbatim, and a
+YAML file may use sections or the same flat names. Precedence: defaults < YAML < flags.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ray_ltx.data.buckets import Bucket
+from ray_ltx.errors import ConfigError
+from ray_ltx.storage import join
+
+DEFAULT_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+
+
+def _parse_bucket(value: Any) -> Bucket:
+    return value if isinstance(value, Bucket) else Bucket.parse(str(value))
+
+
+def _split_words(value: Any) -> Any:
+    """Accept ``"a b c"`` where a list is expected (a YAML string or a single flag value)."""
+    return value.split() if isinstance(value, str) else value
+
+
+BucketField = Annotated[Bucket, BeforeValidator(_parse_bucket), PlainSerializer(str, return_type=str)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+class ModelConfig(_Section):
+    model_name: Literal["ltx_video"] = "ltx_video"
+    """Model family to train; ray-ltx trains LTX-Video."""
+    pretrained_model_name_or_path: str = "Lightricks/LTX-Video"
+    """Hugging Face hub id or local directory of a diffusers LTX-Video pipeline."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of the pretrained model."""
+    transformer_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    """Dtype the transformer computes in (and stores frozen weights in, unless upcasting is on)."""
+    vae_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    """Dtype of the VAE when encoding latents and decoding validation videos."""
+    text_encoder_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    """Dtype of the T5 text encoder when encoding prompts."""
+    layerwise_upcasting_modules: list[Literal["transformer"]] = Field(default_factory=list)
+    """Modules whose frozen weights are stored in float8 and upcast per layer for compute."""
+    layerwise_upcasting_storage_dtype: Literal["float8_e4m3fn", "float8_e5m2"] = "float8_e4m3fn"
+    """Storage dtype of layerwise-upcast weights."""
+
+
+class DataConfig(_Section):
+    data_root: str | None = None
+    """Dataset root: a local directory or a pyarrow/fsspec URI (s3://, gs://, ...)."""
+    dataset_file: str | None = None
+    """CSV, JSON or JSONL metadata file (relative to data_root or absolute) with caption and path columns."""
+    dataset_layout: Literal["auto", "finetrainers", "metadata", "folder"] = "auto"
+    """How the dataset is laid out; 'auto' detects it from data_root."""
+    video_column: str = "videos.txt"
+    """Finetrainers layout: file listing one video path a line. Metadata layout: the path column."""
+    caption_column: str = "prompts.txt"
+    """Finetrainers layout: file listing one caption a line. Metadata layout: the caption column."""
+    id_token: str | None = None
+    """Token prepended to every caption before encoding (e.g. a style trigger word)."""
+    video_resolution_buckets: Annotated[list[BucketField], BeforeValidator(_split_words)] = Field(
+        default_factory=lambda: [Bucket(49, 512, 768)], min_length=1
+    )
+    """Target shapes FRAMESxHEIGHTxWIDTH (frames 8k+1, sides multiples of 32); a bucket of 1 frame takes images."""
+    frame_sampling: Literal["uniform", "fps", "stride"] = "uniform"
+    """How frames are picked from a clip: spread evenly, resampled to sample_fps, or every frame_stride-th."""
+    sample_fps: float | None = None
+    """Frame rate to resample clips to when frame_sampling is 'fps'."""
+    frame_stride: int | None = Field(default=None, gt=0)
+    """Take every N-th frame when frame_sampling is 'stride'."""
+    max_sequence_length: int = Field(default=128, gt=0)
+    """T5 tokens per prompt; longer captions are truncated and counted in the preprocessing report."""
+    caption_dropout_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Probability of replacing a sample's prompt with the empty prompt during training."""
+    dataloader_num_workers: int = Field(default=0, ge=0)
+    """Batches prefetched per training worker by Ray Data (finetrainers' loader workers)."""
+    cache_dir: str | None = None
+    """Latent cache location (local path or URI); default: <output_dir>/cache."""
+    rebuild_cache: bool = False
+    """Rebuild the cache when it was made for another model, bucket set, id token or sequence length."""
+    decode_cpus: float = Field(default=1.0, gt=0)
+    """CPUs reserved by each Ray Data decode task."""
+    encode_batch_size: int = Field(default=4, gt=0)
+    """Clips per VAE call (one shape per call); prompts are batched 4x this."""
+    encode_actors: int = Field(default=1, gt=0)
+    """Encoder actors (one model copy each); set to the number of GPUs to use for encoding."""
+    encode_gpus: float | None = Field(default=None, ge=0)
+    """GPUs per encoder actor; default: 1 when the cluster has GPUs, else 0 (CPU actors)."""
+    holdout_samples: int = Field(default=0, ge=0)
+    """Cached samples held out of training for the validation loss (a good sweep metric)."""
+
+
+class DiffusionConfig(_Section):
+    flow_weighting_scheme: Literal["none", "sigma_sqrt", "logit_normal", "mode", "cosmap"] = "none"
+    """How sigmas are drawn and the loss weighted (SD3 flow-matching schemes)."""
+    flow_logit_mean: float = 0.0
+    """Mean of the logit-normal sigma distribution."""
+    flow_logit_std: float = Field(default=1.0, gt=0)
+    """Standard deviation of the logit-normal sigma distribution."""
+    flow_mode_scale: float = 1.29
+    """Scale of the 'mode' sigma distribution."""
+    flow_shift: float = Field(default=1.0, gt=0)
+    """Shift applied to sampled sigmas: s*sigma / (1 + (s-1)*sigma)."""
+    frame_rate: float = Field(default=25.0, gt=0)
+    """Frame rate the rope interpolation scale assumes (as LTXPipeline's frame_rate)."""
+
+
+class TrainingConfig(_Section):
+    training_type: Literal["lora", "full-finetune"] = "lora"
+    """Train LoRA adapters (PEFT) or every transformer weight."""
+    seed: int = 42
+    """Seed for weights init, data order, noise and sigmas."""
+    batch_size: int = Field(default=1, gt=0)
+    """Samples per micro-batch per worker; every micro-batch holds one bucket."""
+    train_steps: int = Field(default=1000, gt=0)
+    """Optimizer steps to train."""
+    rank: int = Field(default=64, gt=0)
+    """LoRA rank."""
+    lora_alpha: float = Field(default=64, gt=0)
+    """LoRA alpha (scale = lora_alpha / rank)."""
+    target_modules: Annotated[list[str], BeforeValidator(_split_words)] = Field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1
+    )
+    """Transformer modules that get LoRA adapters."""
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    """Micro-batches accumulated per optimizer step."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    checkpointing_steps: int = Field(default=500, gt=0)
+    """Save a resumable checkpoint every N steps."""
+    checkpointing_limit: int | None = Field(default=None, gt=0)
+    """Keep at most N checkpoints (oldest removed); default keeps all."""
+    resume_from_checkpoint: str | None = None
+    """'latest' (the newest checkpoint of this output_dir) or a checkpoint directory to resume from."""
+    overwrite_output_dir: bool = False
+    """Allow starting a new run in an output_dir that holds another run (its outputs are replaced)."""
+    enable_slicing: bool = False
+    """VAE slicing when encoding latents and decoding validation videos."""
+    enable_tiling: bool = False
+    """VAE tiling when encoding latents and decoding validation videos."""
+    compile: bool = False
+    """torch.compile each transformer block (regional compilation)."""
+    nan_policy: Literal["stop", "skip"] = "stop"
+    """On a NaN/inf loss: stop with a message naming the step, or skip the step and count it."""
+    max_skipped_steps: int = Field(default=10, ge=0)
+    """With nan_policy=skip, stop after this many skipped steps."""
+
+
+class OptimizerConfig(_Section):
+    optimizer: Literal["adamw", "adam", "adamw_fused", "adamw8bit"] = "adamw"
+    """Optimizer; adamw_fused uses torch's fused kernels (CUDA), adamw8bit needs bitsandbytes."""
+    lr: float = Field(default=1e-4, gt=0)
+    """Peak learning rate."""
+    lr_scheduler: Literal[LR_SCHEDULERS] = "constant"  # type: ignore[valid-type]
+    """Learning-rate schedule after warmup."""
+    lr_warmup_steps: int = Field(default=0, ge=0)
+    """Linear warmup steps."""
+    lr_num_cycles: int = Field(default=1, gt=0)
+    """Hard restarts of cosine_with_restarts."""
+    lr_power: float = Field(default=1.0, gt=0)
+    """Power of the polynomial schedule."""
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    """Adam beta1."""
+    beta2: float = Field(default=0.95, ge=0, lt=1)
+    """Adam beta2."""
+    weight_decay: float = Field(default=1e-4, ge=0)
+    """Decoupled weight decay."""
+    epsilon: float = Field(default=1e-8, gt=0)
+    """Adam epsilon."""
+    max_grad_norm: float = Field(default=1.0, ge=0)
+    """Clip gradients to this global norm (0 disables clipping)."""
+
+
+class ValidationConfig(_Section):
+    validation_prompts: list[str] = Field(default_factory=list)
+    """Prompts rendered to videos during training (inline, or a file given by validation_prompts_file)."""
+    validation_prompts_file: str | None = None
+    """File with one prompt a line, or JSON/YAML list of {prompt, height, width, num_frames}."""
+    validation_steps: int | None = Field(default=None, gt=0)
+    """Render the validation prompts every N steps (and at the end); default: only at the end."""
+    validation_fps: int = Field(default=24, gt=0)
+    """Frame rate of validation mp4 files."""
+    validation_height: int = Field(default=512, gt=0)
+    """Default height of validation videos."""
+    validation_width: int = Field(default=768, gt=0)
+    """Default width of validation videos."""
+    validation_num_frames: int = Field(default=49, gt=0)
+    """Default frame count of validation videos."""
+    validation_inference_steps: int = Field(default=30, gt=0)
+    """Denoising steps per validation video."""
+    validation_guidance_scale: float = Field(default=3.0, ge=0)
+    """Classifier-free guidance scale of validation videos."""
+    validation_seed: int = 0
+    """Seed of validation noise, fixed so successive validations are comparable."""
+    validation_loss_steps: int | None = Field(default=None, gt=0)
+    """Compute the held-out loss every N steps (needs holdout_samples > 0); default: with checkpoints."""
+
+
+class DistributedConfig(_Section):
+    num_workers: int = Field(default=1, gt=0)
+    """Ray Train workers (one per GPU on GPU clusters)."""
+    use_gpu: bool | None = None
+    """Train on GPUs; default: when the cluster has GPUs."""
+    gpus_per_worker: float = Field(default=1.0, gt=0)
+    """GPUs each worker reserves when use_gpu is on."""
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    """CPUs each worker reserves."""
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    """Extra Ray resources each worker reserves (e.g. {"node_type_a100": 1})."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """How Ray places workers on nodes."""
+    backend: Literal["ddp", "deepspeed"] = "ddp"
+    """Plain DDP or DeepSpeed ZeRO."""
+    deepspeed_stage: Literal[2, 3] = 2
+    """ZeRO stage when backend is deepspeed."""
+    offload_optimizer: bool = False
+    """DeepSpeed: keep optimizer state on the CPU."""
+    offload_params: bool = False
+    """DeepSpeed ZeRO-3: keep parameters on the CPU."""
+    nccl_timeout: int = Field(default=1800, gt=0)
+    """Seconds a collective may wait before the process group times out."""
+    max_failures: int = Field(default=0, ge=-1)
+    """Worker-group restarts from the latest checkpoint before the run fails (-1: unlimited)."""
+    ray_address: str | None = None
+    """Ray cluster to connect to ('auto', 'ray://...'); default: RAY_ADDRESS, else a local Ray started in-process."""
+    storage_path: str | None = None
+    """Where Ray Train keeps checkpoints (a path or URI all nodes reach); default: <output_dir>/ray."""
+    run_name: str = "train"
+    """Name of the Ray Train run under storage_path; resuming needs the same name."""
+
+
+class TrackingConfig(_Section):
+    report_to: Literal["mlflow", "none", "wandb"] = "mlflow"
+    """Where runs are recorded; 'wandb' is accepted for finetrainers scripts and records to MLflow."""
+    tracker_name: str = "ray-ltx"
+    """MLflow experiment name."""
+    mlflow_tracking_uri: str | None = None
+    """MLflow tracking URI; default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db."""
+    mlflow_run_name: str | None = None
+    """MLflow run name; default: derived from the output directory."""
+    log_system_metrics: bool = True
+    """Record CPU/GPU/memory system metrics in MLflow while training."""
+
+
+class Config(BaseModel):
+    """The whole resolved configuration of one ray-ltx run."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    output_dir: str = "ray-ltx-output"
+    """Where weights, training_config.json, the resolved config and validation videos go."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Config:
+        training = self.training
+        if training.training_type == "full-finetune":
+            lora_flags = sorted({"rank", "lora_alpha", "target_modules"} & training.model_fields_set)
+            if lora_flags:
+                raise ValueError(
+                    f"{', '.join('--' + f for f in lora_flags)}: LoRA settings, but --training_type is "
+                    "full-finetune; remove them or set --training_type lora"
+                )
+        if self.data.frame_sampling == "fps" and not self.data.sample_fps:
+            raise ValueError("--frame_sampling fps needs --sample_fps (e.g. --sample_fps 24)")
+        if self.data.frame_sampling == "stride" and not self.data.frame_stride:
+            raise ValueError("--frame_sampling stride needs --frame_stride (e.g. --frame_stride 2)")
+        if self.distributed.offload_params and not (
+            self.distributed.backend == "deepspeed" and self.distributed.deepspeed_stage == 3
+        ):
+            raise ValueError("--offload_params needs --backend deepspeed --deepspeed_stage 3")
+        if self.distributed.offload_optimizer and self.distributed.backend != "deepspeed":
+            raise ValueError("--offload_optimizer needs --backend deepspeed")
+        return self
+
+    # -- resolved locations -------------------------------------------------------------------
+
+    @property
+    def cache_dir(self) -> str:
+        return self.data.cache_dir or join(self.output_dir, "cache")
+
+    @property
+    def storage_path(self) -> str:
+        return self.distributed.storage_path or join(self.output_dir, "ray")
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.mlflow_tracking_uri or default_tracking_uri()
+
+    # -- serialisation ------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def flatten(self) -> dict[str, str]:
+        """Leaf values keyed ``section.field``: the MLflow params of a run."""
+        flat: dict[str, str] = {}
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict):
+                for leaf, leaf_value in value.items():
+                    flat[f"{key}.{leaf}"] = _param_text(leaf_value)
+            else:
+                flat[key] = _param_text(value)
+        return flat
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
+        return build_config(data, source=source)
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else a SQLite store in ./mlruns (MLflow's own convention)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path('mlruns').resolve() / 'mlflow.db'}"
+
+
+# -- the flat-name index: finetrainers flags and flat YAML keys ---------------------------------
+
+SECTIONS: dict[str, type[_Section]] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "diffusion": DiffusionConfig,
+    "training": TrainingConfig,
+    "optimizer": OptimizerConfig,
+    "validation": ValidationConfig,
+    "distributed": DistributedConfig,
+    "tracking": TrackingConfig,
+}
+TOP_LEVEL_FIELDS = ("output_dir",)
+
+#: leaf name -> section name (None for top-level fields)
+FIELD_SECTION: dict[str, str | None] = {name: None for name in TOP_LEVEL_FIELDS}
+for _section, _cls in SECTIONS.items():
+    for _name in _cls.model_fields:
+        assert _name not in FIELD_SECTION, f"config field {_name} is defined twice"
+        FIELD_SECTION[_name] = _section
+
+
+def field_help(name: str) -> str:
+    section = FIELD_SECTION[name]
+    cls = Config if section is None else SECTIONS[section]
+    return cls.model_fields[name].description or ""
+
+
+def _suggest(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _nest(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Turn a mix of sectioned and flat keys into the sectioned tree, rejecting unknown keys."""
+    nested: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: section '{key}' must be a mapping of settings, got {value!r}")
+            for leaf, leaf_value in value.items():
+                if leaf not in SECTIONS[key].model_fields:
+                    raise ConfigError(
+                        f"{source}: unknown setting '{key}.{leaf}'"
+                        f"{_suggest(leaf, list(SECTIONS[key].model_fields))}; "
+                        f"run `ray-ltx train --help` for the valid names"
+                    )
+                nested.setdefault(key, {})[leaf] = leaf_value
+        elif key in FIELD_SECTION:
+            section = FIELD_SECTION[key]
+            if section is None:
+                nested[key] = value
+            else:
+                nested.setdefault(section, {})[key] = value
+        else:
+            raise ConfigError(
+                f"{source}: unknown setting '{key}'{_suggest(key, [*FIELD_SECTION, *SECTIONS])}; "
+                "run `ray-ltx train --help` for the valid names"
+            )
+    return nested
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        loc = [str(p) for p in item["loc"]]
+        leaf = next((p for p in reversed(loc) if p in FIELD_SECTION), None)
+        where = ".".join(p for p in loc if not p.isdigit()) or "config"
+        flag = f" (--{leaf})" if leaf else ""
+        message = item["msg"].removeprefix("Value error, ")
+        if "input" in item and leaf:
+            lines.append(f"  {where}{flag}: got {item['input']!r}: {message}")
+        else:
+            lines.append(f"  {where}{flag}: {message}")
+    return f"invalid configuration in {source}:\n" + "\n".join(lines)
+
+
+def build_config(*layers: dict[str, Any], source: str = "config") -> Config:
+    """Validate layered settings (later layers win) into a :class:`Config`, or raise ConfigError."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = _merge(merged, _nest(layer, source))
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, source)) from None
+
+
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML config file into a dict, with errors that name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults < YAML file < overrides (flat or sectioned names)."""
+    layers = []
+    source = "command line"
+    if path is not None:
+        layers.append(load_yaml(path))
+        source = f"{path} and the command line" if overrides else str(path)
+    layers.append(overrides or {})
+    return build_config(*layers, source=source)

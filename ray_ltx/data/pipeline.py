@@ -1,0 +1,324 @@
+"""Preprocessing with Ray Data: dataset -> decoded, bucketed clips -> VAE/T5 encodings -> latent cache.
+
+The stream, all of it lazy and bounded in memory::
+
+    records (driver) -> decode_clips (CPU tasks: probe, bucket, sample, resize+crop)
+                     -> VaeEncoder (actors, GPU when present) -> PromptEncoder (actors)
+                     -> write_shards (tasks: parquet shards, atomic) -> small result rows (driver)
+
+The driver only lists the dataset and collects result rows; frames and latents never pass
+through it. Samples already in complete shards are not encoded again, so an interrupted run
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from ray_ltx import storage
+from ray_ltx.config import Config
+from ray_ltx.data import cache as cache_lib
+from ray_ltx.data.buckets import Bucket, assign_bucket
+from ray_ltx.data.encode import OK, PROMPT_ONLY, PromptEncoder, VaeEncoder
+from ray_ltx.data.sources import Record, Skip, read_records
+from ray_ltx.errors import CacheError, DatasetError
+
+log = logging.getLogger(__name__)
+
+EMPTY_PROMPT_ID = "__empty_prompt__"
+PROGRESS_SECONDS = 10.0
+
+
+# -- stage 1: decode (CPU tasks) -----------------------------------------------------------------
+
+
+def _open_media(path: str):
+    """A local path as is (PyAV reads it directly); a remote file as a seekable stream."""
+    if not storage.is_uri(path):
+        return path
+    fs, inner = storage.filesystem(path)
+    return fs.open_input_file(inner)
+
+
+def decode_one(row: dict[str, Any], buckets: list[Bucket], data: dict[str, Any]) -> dict[str, Any]:
+    """Probe, bucket, sample and decode one clip; a clip that cannot be used becomes a skip row."""
+    from ray_ltx.data.video import MediaError, decode_frames, probe, sample_frame_indices
+
+    # Frames travel as raw bytes + shape: Arrow's ragged tensor columns do not survive every block merge.
+    out = {**row, "bucket": "", "status": OK, "detail": "", "frames": b"", "frames_shape": [0, 0, 0, 3]}
+    if row["status"] == PROMPT_ONLY:
+        return {**out, "status": PROMPT_ONLY}
+    source = None
+    try:
+        if not storage.exists(row["path"]):
+            raise MediaError("missing_file", f"{row['rel_path']}: no such file ({row['where']})")
+        source = _open_media(row["path"])
+        info = probe(source)
+        bucket = assign_bucket(info.num_frames, info.height, info.width, buckets)
+        if bucket is None:
+            smallest = min(b.frames for b in buckets)
+            if info.is_image:
+                reason, detail = "image_without_image_bucket", (
+                    f"{row['rel_path']}: an image, but no bucket has 1 frame; add e.g. 1x512x768 to "
+                    "--video_resolution_buckets")
+            else:
+                reason, detail = "too_short", (
+                    f"{row['rel_path']}: {info.num_frames} frames, the smallest bucket needs {smallest}")
+            return {**out, "status": reason, "detail": detail}
+        indices = sample_frame_indices(info.num_frames, bucket.frames, info.fps, mode=data["frame_sampling"],
+                                       sample_fps=data["sample_fps"], stride=data["frame_stride"])
+        if hasattr(source, "seek"):
+            source.seek(0)
+        frames = decode_frames(source, indices, bucket.height, bucket.width)
+        return {**out, "bucket": str(bucket), "frames": frames.tobytes(), "frames_shape": list(frames.shape)}
+    except MediaError as error:
+        return {**out, "status": error.reason, "detail": str(error)}
+    except ValueError as error:  # sampling: e.g. too short at the requested fps/stride
+        return {**out, "status": "too_short", "detail": f"{row['rel_path']}: {error}"}
+    finally:
+        if source is not None and hasattr(source, "close"):
+            source.close()
+
+
+def decode_clips(batch: dict[str, Any], buckets: list[str], data: dict[str, Any]) -> dict[str, Any]:
+    parsed = [Bucket.parse(b) for b in buckets]
+    keys = list(batch)
+    rows = [decode_one({k: batch[k][i] for k in keys}, parsed, data) for i in range(len(batch["sample_id"]))]
+    return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+# -- stage 4: write shards (tasks) ---------------------------------------------------------------
+
+RESULT_KEYS = ("kind", "path", "bucket", "sample_ids", "reason", "detail", "truncated", "latent_spec")
+
+
+def write_shards(batch: dict[str, Any], cache_dir: str, digest: str) -> dict[str, list[Any]]:
+    """Write the encoded rows of a batch as one shard per bucket; report shards and skips."""
+    results: list[dict[str, Any]] = []
+    by_bucket: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    spec = ""
+    for i, status in enumerate(batch["status"]):
+        if status == OK:
+            row = {name: batch[name][i] for name in cache_lib.SHARD_SCHEMA.names}
+            row["latents_shape"] = [int(x) for x in row["latents_shape"]]
+            row["prompt_embeds_shape"] = [int(x) for x in row["prompt_embeds_shape"]]
+            by_bucket[row["bucket"]].append(row)
+            spec = batch["latent_spec"][i]
+        elif status == PROMPT_ONLY:
+            embeds = cache_lib.tensor_from_bytes(batch["prompt_embeds"][i], batch["prompt_embeds_shape"][i],
+                                                 batch["prompt_embeds_dtype"][i])
+            mask = np.frombuffer(batch["prompt_attention_mask"][i], dtype=np.uint8).astype(bool)
+            import torch
+
+            cache_lib.write_empty_prompt(cache_dir, embeds, torch.from_numpy(mask.copy()))
+            results.append({"kind": "empty_prompt"})
+        else:
+            results.append({"kind": "skip", "path": batch["rel_path"][i], "reason": status,
+                            "detail": batch["detail"][i]})
+    for bucket, rows in by_bucket.items():
+        info = cache_lib.write_shard(cache_dir, bucket, rows, digest, spec)
+        results.append({"kind": "shard", "path": info.path, "bucket": bucket,
+                        "sample_ids": json.dumps(info.sample_ids), "truncated": info.truncated,
+                        "latent_spec": spec})
+    defaults = {"path": "", "bucket": "", "sample_ids": "[]", "reason": "", "detail": "", "truncated": 0,
+                "latent_spec": ""}
+    rows = [{**defaults, **r} for r in results] or [{**defaults, "kind": "none"}]
+    return {key: [row[key] for row in rows] for key in RESULT_KEYS}
+
+
+# -- the driver ----------------------------------------------------------------------------------
+
+
+def _check_fingerprint(config: Config, cache_dir: str, fp: dict[str, Any], existing: cache_lib.Manifest | None,
+                       headers: list[cache_lib.ShardHeader], digest: str) -> None:
+    """Refuse (or, with --rebuild_cache, clear) a cache made for something else."""
+    problems: list[str] = []
+    if existing is not None and existing.fingerprint != fp:
+        problems = cache_lib.describe_mismatch(fp, existing.fingerprint)
+    elif any(h.digest != digest for h in headers):
+        problems = ["shards on disk were made with another model, text encoder or preprocessing settings"]
+    if not problems:
+        return
+    if not config.data.rebuild_cache:
+        raise CacheError(
+            f"the latent cache in {cache_dir} was built for something else:\n  " + "\n  ".join(problems)
+            + "\nPass --rebuild_cache to rebuild it, or --cache_dir to use another location"
+        )
+    log.warning("rebuilding the latent cache in %s (%s)", cache_dir, "; ".join(problems))
+    storage.delete_dir(storage.join(cache_dir, cache_lib.SHARDS))
+    for name in (cache_lib.MANIFEST, cache_lib.EMPTY_PROMPT):
+        path = storage.join(cache_dir, name)
+        if storage.is_file(path):
+            fs, inner = storage.filesystem(path)
+            fs.delete_file(inner)
+    headers.clear()
+
+
+def _reuse(records: list[Record], headers: list[cache_lib.ShardHeader]) -> tuple[list[cache_lib.ShardInfo], set[str]]:
+    """Shards worth keeping (with rows of samples no longer in the dataset, or repeated, blanked)."""
+    wanted = {r.sample_id for r in records}
+    seen: set[str] = set()
+    shards = []
+    for header in headers:
+        ids: list[str | None] = []
+        for sid in header.info.sample_ids:
+            keep = sid in wanted and sid not in seen
+            ids.append(sid if keep else None)
+            if keep:
+                seen.add(sid)
+        if any(ids):
+            shards.append(cache_lib.ShardInfo(header.info.path, header.info.bucket, ids, header.info.truncated))
+    return shards, seen
+
+
+def _ray_data_stream(config: Config, rows: list[dict[str, Any]], cache_dir: str, digest: str):
+    import ray
+
+    from ray_ltx.cluster import cluster_gpus
+
+    data = config.data
+    gpus = data.encode_gpus if data.encode_gpus is not None else (0.5 if cluster_gpus() else 0.0)
+    config_dict = config.to_dict()
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
+    ds = ds.map_batches(
+        decode_clips, batch_size=1, num_cpus=data.decode_cpus,
+        fn_kwargs={"buckets": [str(b) for b in data.video_resolution_buckets],
+                   "data": {"frame_sampling": data.frame_sampling, "sample_fps": data.sample_fps,
+                            "frame_stride": data.frame_stride}},
+    )
+    actor_kwargs: dict[str, Any] = {"num_gpus": gpus} if gpus else {"num_cpus": 1}
+    ds = ds.map_batches(VaeEncoder, batch_size=data.encode_batch_size, fn_constructor_kwargs={"config": config_dict},
+                        compute=ray.data.ActorPoolStrategy(size=data.encode_actors), **actor_kwargs)
+    ds = ds.map_batches(PromptEncoder, batch_size=data.encode_batch_size,
+                        fn_constructor_kwargs={"config": config_dict},
+                        compute=ray.data.ActorPoolStrategy(size=data.encode_actors), **actor_kwargs)
+    ds = ds.map_batches(write_shards, batch_size=data.encode_batch_size, num_cpus=0.5,
+                        fn_kwargs={"cache_dir": cache_dir, "digest": digest})
+    return ds
+
+
+def preprocess(config: Config) -> cache_lib.Manifest:
+    """Build (or complete) the latent cache for ``config`` and return its manifest."""
+    from ray_ltx.cluster import init_ray
+    from ray_ltx.model.loading import component_digests
+
+    started = time.monotonic()
+    cache_dir = storage.absolute(config.cache_dir)
+    records, listing_skips, layout = read_records(config)
+    fp = cache_lib.fingerprint(config, component_digests(config))
+    digest = cache_lib.fingerprint_digest(fp)
+    existing = cache_lib.read_manifest(cache_dir)
+    headers = [cache_lib.read_shard_header(cache_dir, rel) for rel in cache_lib.existing_shards(cache_dir)]
+    _check_fingerprint(config, cache_dir, fp, existing, headers, digest)
+    shards, done = _reuse(records, headers)
+    spec = next((h.latent_spec for h in headers if h.latent_spec), None)
+    todo = [r for r in records if r.sample_id not in done]
+    need_empty = not storage.is_file(storage.join(cache_dir, cache_lib.EMPTY_PROMPT))
+    log.info("preprocess: %d clips listed (%s layout) in %s; %d already cached, %d to encode; cache: %s",
+             len(records), layout, config.data.data_root, len(done), len(todo), cache_dir)
+
+    skipped = [s.to_row() for s in listing_skips]
+    encoded = 0
+    if todo or need_empty:
+        init_ray(config)
+        rows = [{**r.to_row(), "status": OK} for r in todo]
+        if need_empty:
+            rows.append({"sample_id": EMPTY_PROMPT_ID, "caption": "", "path": "", "rel_path": "", "where": "",
+                         "status": PROMPT_ONLY})
+        last_report = time.monotonic()
+        for batch in _ray_data_stream(config, rows, cache_dir, digest).iter_batches(batch_size=None):
+            for i, kind in enumerate(batch["kind"]):
+                if kind == "shard":
+                    ids = json.loads(batch["sample_ids"][i])
+                    shards.append(cache_lib.ShardInfo(batch["path"][i], batch["bucket"][i], ids,
+                                                      int(batch["truncated"][i])))
+                    spec = spec or batch["latent_spec"][i]
+                    encoded += len(ids)
+                elif kind == "skip":
+                    skipped.append(Skip(batch["path"][i], batch["reason"][i], batch["detail"][i]).to_row())
+            if time.monotonic() - last_report > PROGRESS_SECONDS:
+                last_report = time.monotonic()
+                rate = (encoded + len(skipped)) / (last_report - started)
+                log.info("preprocess: %d/%d clips done (%d encoded, %d skipped), %.2f clips/s",
+                         encoded + len(skipped) - len(listing_skips), len(todo), encoded, len(skipped), rate)
+
+    shards = _dedupe(shards)
+    manifest = cache_lib.Manifest(
+        fingerprint=fp, latent_spec=json.loads(spec) if spec else {}, layout=layout,
+        buckets=[str(b) for b in config.data.video_resolution_buckets], shards=shards, skipped=skipped,
+        stats={"listed": len(records), "reused": len(done), "encoded": encoded,
+               "seconds": round(time.monotonic() - started, 2)},
+    )
+    if manifest.num_samples == 0:
+        raise DatasetError(_nothing_survived(config, manifest))
+    cache_lib.write_manifest(cache_dir, manifest)
+    print(format_summary(manifest, cache_dir))
+    return manifest
+
+
+def _dedupe(shards: list[cache_lib.ShardInfo]) -> list[cache_lib.ShardInfo]:
+    """A sample written twice (a retried write task) is used once: the first shard keeps it."""
+    seen: set[str] = set()
+    out = []
+    for shard in sorted(shards, key=lambda s: s.path):
+        ids: list[str | None] = []
+        for sid in shard.sample_ids:
+            ids.append(sid if sid is not None and sid not in seen else None)
+            if sid is not None:
+                seen.add(sid)
+        if any(ids):
+            out.append(cache_lib.ShardInfo(shard.path, shard.bucket, ids, shard.truncated))
+    return out
+
+
+def _nothing_survived(config: Config, manifest: cache_lib.Manifest) -> str:
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in manifest.skips_per_reason().items()) or "none"
+    examples = "\n  ".join(s["detail"] for s in manifest.skipped[:5])
+    buckets = " ".join(manifest.buckets)
+    return (
+        f"no usable sample in {config.data.data_root}: every input was skipped ({reasons}).\n  {examples}\n"
+        f"Buckets: {buckets}. Check the paths and captions, or add buckets the clips can fill "
+        "(a clip needs at least a bucket's frame count)."
+    )
+
+
+def format_summary(manifest: cache_lib.Manifest, cache_dir: str) -> str:
+    lines = [f"Latent cache: {cache_dir}", f"  samples: {manifest.num_samples} "
+             f"(encoded now: {manifest.stats.get('encoded', 0)}, reused: {manifest.stats.get('reused', 0)})"]
+    lines.append("  per bucket: " + ", ".join(f"{b}: {n}" for b, n in manifest.counts_per_bucket().items()))
+    if manifest.skipped:
+        lines.append("  skipped: " + ", ".join(f"{r}: {n}" for r, n in manifest.skips_per_reason().items()))
+        lines.extend(f"    - {s['detail'] or s['path']}" for s in manifest.skipped[:20])
+        if len(manifest.skipped) > 20:
+            lines.append(f"    ... and {len(manifest.skipped) - 20} more (see {cache_lib.MANIFEST})")
+    if manifest.truncated_captions:
+        lines.append(f"  captions truncated to max_sequence_length: {manifest.truncated_captions}")
+    return "\n".join(lines)
+
+
+def ensure_cache(config: Config) -> cache_lib.LatentCache:
+    """The cache training reads: brought up to date when the dataset is at hand, else checked as is."""
+    from ray_ltx.model.loading import component_digests
+
+    cache_dir = storage.absolute(config.cache_dir)
+    if config.data.data_root:
+        preprocess(config)
+        return cache_lib.LatentCache.open(cache_dir)
+    latent_cache = cache_lib.LatentCache.open(cache_dir)
+    fp = cache_lib.fingerprint(config, component_digests(config))
+    problems = cache_lib.describe_mismatch(fp, latent_cache.manifest.fingerprint)
+    wanted = {str(b) for b in config.data.video_resolution_buckets}
+    if not wanted & set(latent_cache.manifest.buckets):
+        problems.append(f"buckets: cache has {latent_cache.manifest.buckets}, config wants {sorted(wanted)}")
+    if problems:
+        raise CacheError(
+            f"the latent cache in {cache_dir} was built for something else:\n  " + "\n  ".join(problems)
+            + "\nPass --data_root (with --rebuild_cache) to rebuild it, or --cache_dir to use another cache"
+        )
+    return latent_cache
