@@ -325,6 +325,31 @@ class Config(BaseModel):
     def tracking_uri(self) -> str:
         return self.tracking.mlflow_tracking_uri or default_tracking_uri()
 
+    def resolved(self) -> Config:
+        """A copy with every local path absolute and the tracking URI fixed, as the driver sees them.
+
+        Workers run in other directories (and on other nodes), so relative paths and the
+        cwd-based default tracking store are resolved once, on the driver, before anything ships.
+        The model path stays a hub id unless it names an existing local directory.
+        """
+        from ray_ltx.storage import absolute, is_uri
+
+        data = self.to_dict()
+        model = data["model"]["pretrained_model_name_or_path"]
+        if not is_uri(model) and Path(model).expanduser().is_dir():
+            data["model"]["pretrained_model_name_or_path"] = str(Path(model).expanduser().resolve())
+        data["output_dir"] = absolute(self.output_dir)
+        for section, key in (("data", "data_root"), ("data", "dataset_file"), ("data", "cache_dir"),
+                             ("distributed", "storage_path"), ("validation", "validation_prompts_file")):
+            if data[section].get(key):
+                data[section][key] = absolute(data[section][key])
+        resume = data["training"].get("resume_from_checkpoint")
+        if resume and resume != "latest":
+            data["training"]["resume_from_checkpoint"] = absolute(resume)
+        if not data["tracking"]["mlflow_tracking_uri"] and not os.environ.get("MLFLOW_TRACKING_URI"):
+            data["tracking"]["mlflow_tracking_uri"] = default_tracking_uri()  # a cwd-based default, pinned here
+        return Config.from_dict(data)
+
     # -- serialisation ------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

@@ -144,3 +144,24 @@ def upload_dir(local_dir: str | Path, dest: str) -> None:
         fs.delete_dir(old)
     else:
         fs.move(tmp, inner)
+
+
+def delete_file(path: str) -> None:
+    fs, inner = filesystem(path)
+    _delete_quietly(fs, inner)
+
+
+def list_dirs(path: str) -> list[str]:
+    """Names of the directories directly inside ``path``, sorted."""
+    fs, inner = filesystem(path)
+    if fs.get_file_info(inner).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(inner, recursive=False))
+    return sorted(info.base_name for info in infos if info.type == pafs.FileType.Directory)
+
+
+def copy_dir(source: str, dest: str) -> None:
+    """Copy every file below ``source`` into ``dest`` (any filesystems), each file written atomically."""
+    for path in list_files(source):
+        relative = path[len(source.rstrip("/")) + 1 :]
+        write_bytes(join(dest, relative), read_bytes(path))

@@ -209,7 +209,8 @@ def preprocess(config: Config) -> cache_lib.Manifest:
     from ray_ltx.model.loading import component_digests
 
     started = time.monotonic()
-    cache_dir = storage.absolute(config.cache_dir)
+    config = config.resolved()
+    cache_dir = config.cache_dir
     records, listing_skips, layout = read_records(config)
     fp = cache_lib.fingerprint(config, component_digests(config))
     digest = cache_lib.fingerprint_digest(fp)

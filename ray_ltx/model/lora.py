@@ -1,0 +1,112 @@
+"""LoRA on the LTX-Video transformer: injection with PEFT and export in the formats users load.
+
+- diffusers: ``pytorch_lora_weights.safetensors`` with keys ``transformer.<module>.lora_A.weight``
+  and the adapter's LoraConfig in the safetensors metadata, read by
+  ``LTXPipeline.load_lora_weights(dir)`` (so rank and alpha come back as trained).
+- ComfyUI: the key layout ComfyUI's LTX-Video LoRA loader (``LoraLoaderModelOnly`` on an LTXV
+  model) reads, ``diffusion_model.<module>.lora_A.weight`` / ``lora_B.weight``, with the
+  alpha/rank scale folded into ``lora_B`` so no ``.alpha`` key is needed. diffusers reads this
+  layout too (its non-diffusers LTX-Video conversion), which is how the round trip is tested.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ray_ltx.config import Config
+
+ADAPTER = "default"
+DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
+COMFYUI_WEIGHTS = "comfyui_lora_weights.safetensors"
+_ADAPTER_INFIX = re.compile(rf"\.(lora_[AB])\.{ADAPTER}\.")
+
+
+def lora_config(config: Config):
+    from peft import LoraConfig
+
+    training = config.training
+    return LoraConfig(
+        r=training.rank,
+        lora_alpha=training.lora_alpha,
+        target_modules=list(training.target_modules),
+        init_lora_weights=True,
+    )
+
+
+def add_lora(transformer: nn.Module, config: Config) -> int:
+    """Freeze the transformer, add a LoRA adapter, keep its weights in fp32; returns trainable parameters.
+
+    LoRA weights stay fp32 (the base may be bf16 or float8) so small updates are not rounded away;
+    the forward runs under autocast in the compute dtype.
+    """
+    transformer.requires_grad_(False)
+    transformer.add_adapter(lora_config(config), adapter_name=ADAPTER)
+    count = 0
+    for name, param in transformer.named_parameters():
+        if ".lora_" in name:
+            param.data = param.data.float()
+            param.requires_grad_(True)
+            count += param.numel()
+    if count == 0:
+        raise ValueError(f"--target_modules {config.training.target_modules} matched no layer of the transformer")
+    return count
+
+
+def peft_state_dict(trainable: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Trainable parameter names (``...lora_A.default.weight``) -> PEFT's saved names (``...lora_A.weight``)."""
+    return {_ADAPTER_INFIX.sub(r".\1.", name): tensor for name, tensor in trainable.items() if ".lora_" in name}
+
+
+def save_diffusers_lora(output_dir: str | Path, weights: dict[str, torch.Tensor], config: Config,
+                        dtype: torch.dtype | None = None) -> Path:
+    """Write ``pytorch_lora_weights.safetensors`` as ``LTXPipeline.save_lora_weights`` does."""
+    from diffusers import LTXPipeline
+
+    layers = {k: (v.to(dtype) if dtype else v).contiguous() for k, v in peft_state_dict(weights).items()}
+    metadata = lora_config(config).to_dict()
+    metadata["target_modules"] = sorted(metadata["target_modules"])
+    LTXPipeline.save_lora_weights(
+        str(output_dir), transformer_lora_layers=layers, transformer_lora_adapter_metadata=_jsonable(metadata),
+        safe_serialization=True,
+    )
+    return Path(output_dir) / DIFFUSERS_WEIGHTS
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: (sorted(v) if isinstance(v, set) else v) for k, v in data.items()}
+
+
+def to_comfyui(diffusers_weights: dict[str, torch.Tensor], rank: int, alpha: float) -> dict[str, torch.Tensor]:
+    """diffusers keys (``transformer.``) -> ComfyUI keys (``diffusion_model.``), alpha/rank folded into lora_B."""
+    scale = alpha / rank
+    out = {}
+    for key, tensor in diffusers_weights.items():
+        name = "diffusion_model." + key.removeprefix("transformer.")
+        out[name] = tensor * scale if ".lora_B." in key else tensor
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def export_comfyui(lora_dir: str | Path, out_path: str | Path | None = None) -> Path:
+    """Write the ComfyUI layout of the diffusers LoRA in ``lora_dir`` (beside it unless ``out_path``)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    lora_dir = Path(lora_dir)
+    source = lora_dir / DIFFUSERS_WEIGHTS
+    with safe_open(str(source), framework="pt") as handle:
+        weights = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        metadata = handle.metadata() or {}
+    # diffusers stores the LoraConfig as JSON under "lora_adapter_metadata", keys prefixed "transformer.".
+    adapter = json.loads(metadata.get("lora_adapter_metadata", "{}"))
+    rank = int(adapter.get("transformer.r") or next(v.shape[0] for k, v in weights.items() if ".lora_A." in k))
+    alpha = float(adapter.get("transformer.lora_alpha") or rank)
+    out_path = Path(out_path) if out_path else lora_dir / COMFYUI_WEIGHTS
+    save_file(to_comfyui(weights, rank, alpha), str(out_path), metadata={"format": "pt", "rank": str(rank)})
+    return out_path

@@ -1,0 +1,231 @@
+"""MLflow: run lifecycle on the driver, buffered metric logging on rank 0, nested runs for sweeps.
+
+Only the driver and training rank 0 talk to MLflow. The driver creates the run (params, tags) and
+ends it (FINISHED, FAILED with the error as a tag, or KILLED); rank 0 logs per-step metrics through
+:class:`RunLogger`, which buffers and retries so a tracking server restart mid-run loses nothing.
+The tracking URI travels in the config, so workers on other nodes reach the same server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from ray_ltx.config import Config
+from ray_ltx.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_SECRET_NAMES = re.compile(r"token|password|secret|credential|api_key|access_key", re.IGNORECASE)
+
+
+def enabled(config: Config) -> bool:
+    if config.tracking.report_to == "wandb":
+        # Accepted for finetrainers compatibility; ray-ltx records runs in MLflow only (see README).
+        log.warning("--report_to wandb: ray-ltx records runs in MLflow; logging to MLflow instead")
+    return config.tracking.report_to in ("mlflow", "wandb")
+
+
+def redact(text: str) -> str:
+    """Drop credentials embedded in URIs (``scheme://user:pass@host``)."""
+    return _USERINFO.sub("***@", text)
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """Fail fast, before any training, when a remote tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as error:
+        raise TrackingError(
+            f"the MLflow tracking server {redact(uri)} is unreachable ({error}). Start it (e.g. `mlflow server "
+            "--host 127.0.0.1 --port 5000`), fix --mlflow_tracking_uri / MLFLOW_TRACKING_URI, or pass "
+            "--report_to none to train without tracking"
+        ) from None
+
+
+def _artifact_location(uri: str, name: str) -> str | None:
+    """Beside a SQLite store, artifacts go next to the database (not wherever the process runs)."""
+    if uri.startswith("sqlite:///"):
+        root = Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
+        return (root / re.sub(r"[^A-Za-z0-9_.-]", "_", name)).as_uri()
+    return None
+
+
+def _experiment_id(mlflow_client, name: str, uri: str) -> str:
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+    except Exception:  # created concurrently by another trial
+        return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as metadata
+
+    out = {}
+    for package in ("ray-ltx", "torch", "diffusers", "transformers", "peft", "deepspeed", "ray", "mlflow"):
+        try:
+            out[f"version.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[f"version.{package}"] = "not installed"
+    return out
+
+
+def config_params(config: Config) -> dict[str, str]:
+    params = {}
+    for key, value in config.flatten().items():
+        if _SECRET_NAMES.search(key):
+            continue
+        params[key] = redact(value)[:MAX_PARAM_LENGTH]
+    return params
+
+
+def start_run(config: Config, *, run_name: str | None = None, parent_run_id: str | None = None,
+              extra_params: dict[str, Any] | None = None, tags: dict[str, str] | None = None) -> str:
+    """Create a run holding the resolved config as params; returns its id."""
+    from mlflow.entities import Param, RunTag
+
+    uri = config.tracking_uri
+    check_reachable(uri)
+    mlflow_client = client(uri)
+    experiment_id = _experiment_id(mlflow_client, config.tracking.tracker_name, uri)
+    all_tags = {
+        "mlflow.runName": run_name or config.tracking.mlflow_run_name or Path(config.output_dir).name,
+        "training_type": config.training.training_type,
+        "model_id": config.model.pretrained_model_name_or_path,
+        "mlflow.source.name": "ray-ltx",
+    }
+    if os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_SUBMISSION_ID"):
+        all_tags["ray_job_id"] = os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ["RAY_JOB_ID"]
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    all_tags.update(tags or {})
+    run = mlflow_client.create_run(experiment_id, run_name=all_tags["mlflow.runName"], tags=all_tags)
+    params = {**config_params(config), **versions(), **{k: str(v) for k, v in (extra_params or {}).items()}}
+    items = [Param(k, v) for k, v in sorted(params.items())]
+    for start in range(0, len(items), 100):
+        mlflow_client.log_batch(run.info.run_id, params=items[start : start + 100])
+    mlflow_client.log_batch(run.info.run_id, tags=[RunTag("ray_ltx.output_dir", redact(config.output_dir))])
+    return run.info.run_id
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
+    """status: FINISHED, FAILED or KILLED; a failure's message is kept as the ``error`` tag."""
+    mlflow_client = client(uri)
+    if error:
+        mlflow_client.set_tag(run_id, "error", redact(error)[:5000])
+    mlflow_client.set_tag(run_id, "run_status", status)
+    mlflow_client.set_terminated(run_id, status=status)
+
+
+def log_artifacts(uri: str, run_id: str, paths: dict[str, str | Path]) -> None:
+    """``{artifact_dir: local file or folder}``; empty artifact_dir means the run's root."""
+    mlflow_client = client(uri)
+    for artifact_dir, path in paths.items():
+        path = Path(path)
+        if path.is_dir():
+            mlflow_client.log_artifacts(run_id, str(path), artifact_path=artifact_dir or None)
+        elif path.is_file():
+            mlflow_client.log_artifact(run_id, str(path), artifact_path=artifact_dir or None)
+
+
+def log_table(uri: str, run_id: str, rows: list[dict[str, Any]], artifact_file: str) -> None:
+    columns: dict[str, list[Any]] = {}
+    for row in rows:
+        for key in row:
+            columns.setdefault(key, [])
+    for row in rows:
+        for key in columns:
+            columns[key].append(row.get(key))
+    client(uri).log_table(run_id, data=columns, artifact_file=artifact_file)
+
+
+class RunLogger:
+    """Per-step metrics from rank 0: buffered, sent in batches, retried until the server answers.
+
+    A step's metrics leave the buffer only once MLflow has accepted them; if the server is still
+    away at the end, they go to a JSONL file beside the outputs and the run says so in a warning.
+    """
+
+    def __init__(self, uri: str, run_id: str, flush_seconds: float = 5.0, system_metrics: bool = False):
+        self.uri, self.run_id = uri, run_id
+        self.flush_seconds = flush_seconds
+        self.buffer: list[tuple[str, float, int, int]] = []
+        self.last_flush = time.monotonic()
+        self.failures = 0
+        self._client = client(uri)
+        self._monitor = None
+        if system_metrics:
+            try:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+                self._monitor = SystemMetricsMonitor(run_id, sampling_interval=10, resume_logging=True)
+                self._monitor.start()
+            except Exception as error:  # optional: psutil/pynvml missing or an old MLflow
+                log.info("MLflow system metrics off: %s", error)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        timestamp = int(time.time() * 1000)
+        self.buffer += [(k, float(v), timestamp, step) for k, v in metrics.items() if v is not None]
+        if time.monotonic() - self.last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self, attempts: int = 1) -> bool:
+        from mlflow.entities import Metric
+
+        self.last_flush = time.monotonic()
+        for attempt in range(attempts):
+            if not self.buffer:
+                return True
+            chunk = self.buffer[:1000]
+            try:
+                self._client.log_batch(self.run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in chunk])
+            except Exception as error:
+                self.failures += 1
+                log.warning("MLflow unreachable (%s); %d metric values buffered, will retry",
+                            type(error).__name__, len(self.buffer))
+                if attempt + 1 < attempts:
+                    time.sleep(min(2.0 * (attempt + 1), 10.0))
+                continue
+            del self.buffer[: len(chunk)]
+            if self.buffer:
+                return self.flush(attempts)
+            return True
+        return not self.buffer
+
+    def close(self, spill_dir: Path | None = None) -> None:
+        if self._monitor is not None:
+            try:
+                self._monitor.finish()
+            except Exception:
+                pass
+        if not self.flush(attempts=10) and spill_dir is not None:
+            spill_dir.mkdir(parents=True, exist_ok=True)
+            path = spill_dir / "unlogged_metrics.jsonl"
+            with path.open("a") as handle:
+                for key, value, timestamp, step in self.buffer:
+                    handle.write(json.dumps({"key": key, "value": value, "timestamp": timestamp, "step": step}) + "\n")
+            log.warning("MLflow did not come back: %d metric values saved to %s", len(self.buffer), path)

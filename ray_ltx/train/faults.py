@@ -1,0 +1,50 @@
+"""Fault injection for reliability tests and drills: ``RAY_LTX_FAULT=<kind>@<step>[:<rank>]``.
+
+Kinds: ``raise`` (an exception in the training step), ``kill`` (the worker SIGKILLs itself),
+``checkpoint`` (the worker dies half-way through writing a checkpoint), ``nan`` (the loss of that
+step becomes NaN). Each fault fires once per run: a marker file in ``RAY_LTX_FAULT_DIR`` (default:
+the run's storage folder) records that it fired, so the restarted worker goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+KINDS = ("raise", "kill", "checkpoint", "nan")
+
+
+class InjectedFault(RuntimeError):
+    """The exception a ``raise`` fault throws."""
+
+
+def _parse() -> tuple[str, int, int] | None:
+    spec = os.environ.get("RAY_LTX_FAULT", "").strip()
+    if not spec:
+        return None
+    kind, _, rest = spec.partition("@")
+    step, _, rank = rest.partition(":")
+    if kind not in KINDS or not step.isdigit():
+        raise ValueError(f"RAY_LTX_FAULT={spec!r}: expected <kind>@<step>[:<rank>] with kind in {KINDS}")
+    return kind, int(step), int(rank or 0)
+
+
+def triggered(kinds: tuple[str, ...], step: int, rank: int, default_dir: str) -> str | None:
+    """The configured fault's kind, once, if it is one of ``kinds`` and due here; the marker is written first."""
+    parsed = _parse()
+    if parsed is None or parsed[0] not in kinds or parsed[1:] != (step, rank):
+        return None
+    kind = parsed[0]
+    marker = Path(os.environ.get("RAY_LTX_FAULT_DIR") or default_dir) / f".fault-{kind}-{step}-{rank}.fired"
+    if marker.exists():
+        return None
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("fired\n")
+    return kind
+
+
+def fire(kind: str, step: int) -> None:
+    if kind == "raise":
+        raise InjectedFault(f"fault injected by RAY_LTX_FAULT at step {step}")
+    os.kill(os.getpid(), signal.SIGKILL)

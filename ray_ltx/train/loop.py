@@ -1,0 +1,278 @@
+"""The per-worker training loop that Ray Train runs on every worker.
+
+Read top to bottom: load the transformer (never the VAE or text encoder), make it trainable (LoRA
+or full), wrap it in the engine, restore the latest checkpoint, then for each optimizer step:
+read micro-batches from the Ray Data shard, drop captions, noise, forward, loss, backward, step,
+log; every ``checkpointing_steps`` a checkpoint; at the end the exported weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import torch
+import torch.distributed as dist
+
+from ray_ltx.config import Config
+from ray_ltx.data.cache import read_empty_prompt
+from ray_ltx.errors import TrainingDivergedError
+from ray_ltx.model.loading import load_transformer, torch_dtype
+from ray_ltx.model.recipe import LatentSpec, drop_captions, flow_matching_loss, heldout_loss
+from ray_ltx.train import checkpoint as ckpt
+from ray_ltx.train import faults
+from ray_ltx.train.data import micro_batch_from_row
+from ray_ltx.train.engine import build_engine
+from ray_ltx.train.memory import MemoryReport
+
+log = logging.getLogger("ray_ltx.train")
+
+EXPORT_DIR = "export"  # inside the final checkpoint: what the driver copies to output_dir
+
+
+def prepare_transformer(config: Config, device: torch.device) -> tuple[torch.nn.Module, int]:
+    """The transformer, trainable as configured; returns it and its trainable parameter count."""
+    from ray_ltx.model.lora import add_lora
+
+    compute = torch_dtype(config.model.transformer_dtype)
+    full = config.training.training_type == "full-finetune"
+    transformer = load_transformer(config, compute, "cpu")
+    if "transformer" in config.model.layerwise_upcasting_modules:
+        # Before LoRA injection, so only the frozen base layers are stored in float8.
+        transformer.enable_layerwise_casting(storage_dtype=getattr(torch, config.model.layerwise_upcasting_storage_dtype),
+                                             compute_dtype=compute)
+    if full:
+        transformer.requires_grad_(True)
+        count = sum(p.numel() for p in transformer.parameters())
+    else:
+        count = add_lora(transformer, config)
+    if config.training.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.to(device)
+    transformer.train()
+    if config.training.compile:
+        for block in transformer.transformer_blocks:
+            block.compile()
+    return transformer, count
+
+
+def _step_generator(device: torch.device, seed: int, rank: int, step: int) -> torch.Generator:
+    """Noise, sigmas and caption dropout of a step depend only on (seed, rank, step): resume-exact."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step * 7919 + rank) % (2**63))
+
+
+def _all_reduce(values: list[float], device: torch.device, world: int) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+class _Tracker:
+    """Rank 0's MLflow metric logger, or nothing."""
+
+    def __init__(self, loop_config: dict[str, Any], rank: int):
+        self.logger = None
+        if rank == 0 and loop_config.get("mlflow_run_id"):
+            from ray_ltx.tracking import RunLogger
+
+            self.logger = RunLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"],
+                                    system_metrics=loop_config.get("system_metrics", False))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.logger:
+            self.logger.log(step, metrics)
+
+    def close(self, spill_dir: Path) -> None:
+        if self.logger:
+            self.logger.close(spill_dir)
+
+
+def _save_checkpoint(engine, state: ckpt.TrainState, rank: int, metrics: dict[str, Any], fault_dir: str,
+                     export: Any = None) -> None:
+    """Every rank writes its part to a fresh local folder, lists it last, then Ray persists it."""
+    directory = Path(tempfile.mkdtemp(prefix=f"ray-ltx-ckpt-{state.step}-"))
+    try:
+        engine.save(directory, rank)
+        weights = engine.full_state_dict() if export is not None else None  # collective under ZeRO-3
+        if rank == 0:
+            ckpt.write_state(directory, state)
+            if export is not None:
+                export(directory / EXPORT_DIR, weights)
+        if faults.triggered(("checkpoint",), state.step, rank, fault_dir):
+            faults.fire("kill", state.step)  # dies with a part written and no completion listing
+        ckpt.mark_complete(directory, rank)
+        checkpoint = ray.train.Checkpoint.from_directory(str(directory))
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{state.step:08d}")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _restore(engine, loop_config: dict[str, Any], config: Config, world: int) -> ckpt.TrainState | None:
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop_config.get("resume_path"):
+        checkpoint = ray.train.Checkpoint(loop_config["resume_path"])
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        state = ckpt.verify(Path(directory))
+        ckpt.check_compatible(state, config, world, checkpoint.path)
+        engine.load(Path(directory))
+    return state
+
+
+def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
+    config = Config.from_dict(loop_config["config"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    training, diffusion = config.training, config.diffusion
+    compute = torch_dtype(config.model.transformer_dtype)
+    fault_dir = loop_config["fault_dir"]
+    torch.manual_seed(training.seed)
+
+    memory = MemoryReport(device)
+    transformer, trainable = prepare_transformer(config, device)
+    engine = build_engine(transformer, config, device, world)
+    state = _restore(engine, loop_config, config, world) or ckpt.TrainState.for_config(config, world, trainable)
+    state.trainable_parameters = trainable
+    spec = LatentSpec.from_dict(loop_config["latent_spec"])
+    empty_embeds, empty_mask = read_empty_prompt(loop_config["cache_dir"])
+    empty_embeds, empty_mask = empty_embeds.to(device, compute), empty_mask.to(device)
+    heldout = [b.to(device, compute) for b in loop_config.get("heldout_batches", [])]
+    accumulation = training.gradient_accumulation_steps
+    tracker = _Tracker(loop_config, rank)
+    if rank == 0:
+        log.info("rank 0 of %d on %s: %s, %s trainable parameters, starting at step %d of %d",
+                 world, device, training.training_type, f"{trainable:,}", state.step, training.train_steps)
+
+    rows = iter(ray.train.get_dataset_shard("train").iter_rows())
+    # The plan starts where the driver started; after an in-run restart, skip what was already trained.
+    for _ in range((state.step - loop_config["plan_start_step"]) * accumulation):
+        next(rows)
+
+    def export(directory: Path, weights: dict[str, torch.Tensor] | None) -> None:
+        _export(weights, config, directory, memory)
+
+    def evaluate() -> float | None:
+        if not heldout:
+            return None
+        module = engine.model
+        module.eval()
+        with torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32):
+            value = sum(heldout_loss(module, b, spec, diffusion.frame_rate, training.seed, compute) for b in heldout)
+        module.train()
+        return value / len(heldout)
+
+    memory.record("before training start")
+    epoch_seen = state.epoch
+    last_report = time.monotonic()
+    while state.step < training.train_steps:
+        step = state.step
+        started = time.perf_counter()
+        generator = _step_generator(device, training.seed, rank, step)
+        loss_sum, tokens, samples = 0.0, 0, 0
+        for micro in range(accumulation):
+            row = next(rows)
+            state.epoch = int(row["epoch"])
+            batch = micro_batch_from_row(row).to(device, compute)
+            batch = drop_captions(batch, empty_embeds, empty_mask, config.data.caption_dropout_p, generator)
+            with engine.accumulating(micro == accumulation - 1):
+                with torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32):
+                    loss = flow_matching_loss(engine.module, batch, spec, diffusion, generator, compute)
+                fault = faults.triggered(("raise", "kill", "nan"), step, rank, fault_dir) if micro == 0 else None
+                if fault == "nan":
+                    loss = loss * float("nan")
+                elif fault:
+                    faults.fire(fault, step)
+                engine.backward(loss / accumulation)
+            loss_sum += float(loss.detach())
+            tokens += batch.num_tokens
+            samples += batch.latents.shape[0]
+        total_loss, nonfinite, total_tokens, total_samples = _all_reduce(
+            [loss_sum / accumulation, 0.0 if math.isfinite(loss_sum) else 1.0, tokens, samples], device, world)
+        if nonfinite:
+            engine.zero_grad()
+            _handle_nonfinite(state, config, loop_config, step)
+            state.step += 1
+            continue
+        grad_norm = engine.step()
+        state.step += 1
+        state.last_loss = total_loss / world
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - started
+        metrics = {
+            "loss": state.last_loss, "lr": engine.lr, "grad_norm": grad_norm, "step_time_s": seconds,
+            "samples_per_s": total_samples / seconds, "tokens_per_s": total_tokens / seconds,
+            "epoch": state.epoch, "skipped_steps": state.skipped_steps,
+        }
+        if device.type == "cuda":
+            metrics["gpu_memory_allocated_gib"] = torch.cuda.memory_allocated(device) / 2**30
+            metrics["gpu_memory_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+        if state.epoch != epoch_seen:
+            memory.record(f"after epoch {epoch_seen + 1}")
+            epoch_seen = state.epoch
+        eval_every = config.validation.validation_loss_steps or training.checkpointing_steps
+        done = state.step >= training.train_steps
+        if heldout and (state.step % eval_every == 0 or done):
+            metrics["val_loss"] = evaluate()
+        tracker.log(state.step, metrics)
+        if rank == 0 and (time.monotonic() - last_report > 10 or done or state.step == 1):
+            last_report = time.monotonic()
+            log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f %.2f s/step %.1f samples/s", state.step,
+                     training.train_steps, state.last_loss, metrics["lr"], grad_norm, seconds, metrics["samples_per_s"])
+        report = {"step": state.step, **{k: v for k, v in metrics.items() if v is not None}}
+        if done:
+            memory.record("after training end")
+            _save_checkpoint(engine, state, rank, report, fault_dir, export=export)
+        elif state.step % training.checkpointing_steps == 0:
+            _save_checkpoint(engine, state, rank, report, fault_dir)
+        elif "val_loss" in metrics:
+            ray.train.report(report)
+    tracker.close(Path(loop_config["fault_dir"]))
+    return {"step": state.step, "loss": state.last_loss, "trainable_parameters": trainable,
+            "memory": memory.rows}
+
+
+def _handle_nonfinite(state: ckpt.TrainState, config: Config, loop_config: dict[str, Any], step: int) -> None:
+    training = config.training
+    if training.nan_policy == "skip" and state.skipped_steps < training.max_skipped_steps:
+        state.skipped_steps += 1
+        log.warning("step %d: non-finite loss or gradients, step skipped (%d/%d allowed)", step + 1,
+                    state.skipped_steps, training.max_skipped_steps)
+        return
+    last_good = state.step - state.step % training.checkpointing_steps
+    where = f"checkpoint_{last_good:08d}" if last_good else "no checkpoint yet"
+    raise TrainingDivergedError(
+        f"non-finite loss at step {step + 1} (after {state.skipped_steps} skipped steps); last good: {where} in "
+        f"{loop_config['storage_dir']}. Lower --lr, raise --max_grad_norm protection, or pass --nan_policy skip "
+        f"(up to --max_skipped_steps) and resume with --resume_from_checkpoint latest"
+    )
+
+
+def _export(weights: dict[str, torch.Tensor] | None, config: Config, directory: Path, memory: MemoryReport) -> None:
+    """rank 0: the final weights in the format users load, and the memory report."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if weights is None:
+        raise RuntimeError("rank 0 received no consolidated weights to export")
+    if config.training.training_type == "lora":
+        from ray_ltx.model.lora import save_diffusers_lora
+
+        save_diffusers_lora(directory, weights, config)
+    else:
+        transformer = load_transformer(config, torch_dtype(config.model.transformer_dtype), "cpu")
+        missing, unexpected = transformer.load_state_dict(
+            {k: v.to(torch_dtype(config.model.transformer_dtype)) for k, v in weights.items()}, strict=False)
+        if unexpected:
+            raise RuntimeError(f"unexpected weights in the finetuned state: {unexpected[:3]}")
+        transformer.save_pretrained(directory / "transformer", safe_serialization=True)
+    (directory / "memory.md").write_text(memory.to_markdown() + "\n")
+    (directory / "memory.json").write_text(memory.to_json())
