@@ -193,6 +193,16 @@ class RunLogger:
         if time.monotonic() - self.last_flush >= self.flush_seconds:
             self.flush()
 
+    def log_artifact(self, path: Path, artifact_dir: str, attempts: int = 5) -> None:
+        for attempt in range(attempts):
+            try:
+                self._client.log_artifact(self.run_id, str(path), artifact_path=artifact_dir)
+                return
+            except Exception as error:
+                log.warning("MLflow artifact %s not logged yet (%s)", path.name, type(error).__name__)
+                time.sleep(2.0 * (attempt + 1))
+        log.error("MLflow artifact %s could not be logged; it stays in the output dir", path.name)
+
     def flush(self, attempts: int = 1) -> bool:
         from mlflow.entities import Metric
 

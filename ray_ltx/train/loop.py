@@ -26,7 +26,7 @@ from ray_ltx.errors import TrainingDivergedError
 from ray_ltx.model.loading import load_transformer, torch_dtype
 from ray_ltx.model.recipe import LatentSpec, drop_captions, flow_matching_loss, heldout_loss
 from ray_ltx.train import checkpoint as ckpt
-from ray_ltx.train import faults
+from ray_ltx.train import faults, validation
 from ray_ltx.train.data import micro_batch_from_row
 from ray_ltx.train.engine import build_engine
 from ray_ltx.train.memory import MemoryReport
@@ -88,6 +88,19 @@ class _Tracker:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.logger:
             self.logger.log(step, metrics)
+
+    def log_videos(self, step: int, outputs: list, output_dir: str) -> None:
+        """Copy validation videos to ``<output_dir>/validation/`` and log them (with prompts) to MLflow."""
+        from ray_ltx import storage
+
+        for path, item in outputs:
+            relative = f"validation/step_{step:06d}/{path.name}"
+            storage.write_bytes(storage.join(output_dir, relative), path.read_bytes())
+            prompt_file = path.with_suffix(".txt")
+            prompt_file.write_text(f"{item.prompt}\n{item.num_frames}x{item.height}x{item.width}\n")
+            if self.logger:
+                self.logger.log_artifact(path, f"validation/step_{step:06d}")
+                self.logger.log_artifact(prompt_file, f"validation/step_{step:06d}")
 
     def close(self, spill_dir: Path) -> None:
         if self.logger:
@@ -171,6 +184,21 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
         module.train()
         return value / len(heldout)
 
+    validating = validation.enabled(config)
+    # Under ZeRO-3 the weights are sharded, so every rank joins the forward passes; otherwise rank 0 alone.
+    all_ranks_validate = config.distributed.backend == "deepspeed" and config.distributed.deepspeed_stage == 3
+
+    def validate(step: int) -> None:
+        if rank != 0 and not all_ranks_validate:
+            return
+        memory.record(f"before validation start (step {step})")
+        outputs = validation.render_validation(engine.model, config, device, step, Path(tempfile.mkdtemp()))
+        memory.record(f"after validation end (step {step})")
+        if rank == 0:
+            tracker.log_videos(step, outputs, config.output_dir)
+        for path, _ in outputs:
+            shutil.rmtree(path.parent, ignore_errors=True)
+
     memory.record("before training start")
     epoch_seen = state.epoch
     last_report = time.monotonic()
@@ -224,6 +252,9 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
         done = state.step >= training.train_steps
         if heldout and (state.step % eval_every == 0 or done):
             metrics["val_loss"] = evaluate()
+        if validating and (done or (config.validation.validation_steps and
+                                    state.step % config.validation.validation_steps == 0)):
+            validate(state.step)
         tracker.log(state.step, metrics)
         if rank == 0 and (time.monotonic() - last_report > 10 or done or state.step == 1):
             last_report = time.monotonic()
