@@ -425,7 +425,8 @@ def _nest(data: dict[str, Any], source: str) -> dict[str, Any]:
     """Turn a mix of sectioned and flat keys into the sectioned tree, rejecting unknown keys."""
     nested: dict[str, Any] = {}
     for key, value in data.items():
-        if key in SECTIONS:
+        # "optimizer" names both a section and a setting (finetrainers' --optimizer): a mapping is the section.
+        if key in SECTIONS and not (key in FIELD_SECTION and not isinstance(value, dict)):
             if value is None:
                 continue
             if not isinstance(value, dict):

@@ -163,7 +163,7 @@ def existing_shards(cache_dir: str) -> list[str]:
     shards = []
     for path in storage.list_files(base):
         rel = path[len(prefix):]
-        if rel.endswith(".parquet") and not rel.rsplit("/", 1)[-1].startswith(".tmp-"):
+        if rel.endswith(".parquet") and not rel.rsplit("/", 1)[-1].startswith("."):
             shards.append(f"{SHARDS}/{rel}")
     return shards
 

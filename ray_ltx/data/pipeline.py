@@ -57,7 +57,7 @@ def decode_one(row: dict[str, Any], buckets: list[Bucket], data: dict[str, Any])
     source = None
     try:
         if not storage.exists(row["path"]):
-            raise MediaError("missing_file", f"{row['rel_path']}: no such file ({row['where']})")
+            raise MediaError("missing_file", row["rel_path"], f"no such file ({row['where']})")
         source = _open_media(row["path"])
         info = probe(source)
         bucket = assign_bucket(info.num_frames, info.height, info.width, buckets)
@@ -81,6 +81,8 @@ def decode_one(row: dict[str, Any], buckets: list[Bucket], data: dict[str, Any])
         return {**out, "status": error.reason, "detail": str(error)}
     except ValueError as error:  # sampling: e.g. too short at the requested fps/stride
         return {**out, "status": "too_short", "detail": f"{row['rel_path']}: {error}"}
+    except Exception as error:  # a decoder failure nobody foresaw skips this clip, never the whole job
+        return {**out, "status": "unreadable", "detail": f"{row['rel_path']}: {type(error).__name__}: {error}"}
     finally:
         if source is not None and hasattr(source, "close"):
             source.close()

@@ -245,7 +245,8 @@ def _pick_column(config: Config, columns: list[str], flag: str, configured: str,
                  path: str) -> str:
     if configured in columns:
         return configured
-    if flag not in config.data.model_fields_set:
+    # finetrainers defaults (prompts.txt/videos.txt) name files, not columns: then guess the column.
+    if configured == type(config.data).model_fields[flag].default:
         for name in fallbacks:
             if name in columns:
                 return name

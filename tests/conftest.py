@@ -1,0 +1,96 @@
+"""Session-wide fixtures: the tiny model, sample videos, one local Ray cluster, a helper to train.
+
+Expensive things are built once per session. Every test that trains uses the real stack: Ray
+Data, Ray Train workers on gloo, real DeepSpeed, a real MLflow store.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+BUCKETS = ["9x64x96", "17x64x96"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ray_ltx.model.tiny import write_pipeline
+
+    return write_pipeline(tmp_path_factory.mktemp("model") / "tiny-ltx-video")
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ray_ltx.data.samples import write_sample_dataset
+
+    return write_sample_dataset(tmp_path_factory.mktemp("data") / "samples", num_clips=6)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the session (train/preprocess join it instead of starting their own)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tiny_model: Path, sample_data: Path, tmp_path_factory: pytest.TempPathFactory, ray_cluster) -> Path:
+    """A latent cache of the sample data, built once and reused by the training tests."""
+    from ray_ltx.data.pipeline import preprocess
+
+    cache_dir = tmp_path_factory.mktemp("cache") / "cache"
+    preprocess(base_config(tiny_model, sample_data, cache_dir.parent / "out", cache_dir=str(cache_dir)))
+    return cache_dir
+
+
+def base_config(tiny_model: Path, sample_data: Path | None, output_dir: Path, **overrides: Any):
+    from ray_ltx.config import build_config
+
+    values: dict[str, Any] = {
+        "pretrained_model_name_or_path": str(tiny_model),
+        "data_root": str(sample_data) if sample_data else None,
+        "video_resolution_buckets": BUCKETS,
+        "id_token": "BW_STYLE",
+        "transformer_dtype": "fp32",
+        "vae_dtype": "fp32",
+        "text_encoder_dtype": "fp32",
+        "rank": 8,
+        "lora_alpha": 8,
+        "lr": 1e-3,
+        "train_steps": 4,
+        "checkpointing_steps": 2,
+        "num_workers": 2,
+        "report_to": "none",
+        "output_dir": str(output_dir),
+        "log_system_metrics": False,
+    }
+    values.update(overrides)
+    return build_config(values)
+
+
+@pytest.fixture
+def make_config(tiny_model: Path, sample_data: Path, shared_cache: Path, tmp_path: Path):
+    """A training config on the shared cache, writing to this test's tmp dir."""
+
+    def make(**overrides: Any):
+        overrides.setdefault("cache_dir", str(shared_cache))
+        return base_config(tiny_model, sample_data, tmp_path / "out", **overrides)
+
+    return make
+
+
+def copy_tree(source: Path, dest: Path) -> Path:
+    shutil.copytree(source, dest)
+    return dest

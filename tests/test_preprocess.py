@@ -1,0 +1,201 @@
+"""Preprocessing with real Ray Data, real video files and the tiny model: layouts, buckets, skips, the cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import base_config
+from ray_ltx.data import cache as cache_lib
+from ray_ltx.data.buckets import Bucket, assign_bucket
+from ray_ltx.data.pipeline import ensure_cache, preprocess
+from ray_ltx.data.samples import moving_shape_frames, write_image, write_video
+from ray_ltx.data.video import decode_frames, probe, sample_frame_indices
+from ray_ltx.errors import CacheError, DatasetError
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def clip(path: Path, frames: int, height: int = 96, width: int = 128, seed: int = 0) -> Path:
+    return write_video(path, moving_shape_frames(frames, height, width, seed=seed), fps=24)
+
+
+# -- decode, sample, bucket (no Ray) -------------------------------------------------------------
+
+
+def test_sample_videos_decode_to_the_requested_size(sample_data: Path) -> None:
+    videos = (sample_data / "videos.txt").read_text().split()
+    for rel in videos:
+        info = probe(str(sample_data / rel))
+        indices = sample_frame_indices(info.num_frames, 9, info.fps)
+        frames = decode_frames(str(sample_data / rel), indices, 64, 96)
+        assert frames.shape == (9, 64, 96, 3) and frames.dtype == np.uint8
+        assert frames.std() > 5  # a real picture, not a blank
+
+
+def test_bucket_takes_the_most_frames_then_the_closest_aspect() -> None:
+    buckets = [Bucket.parse(b) for b in ("9x64x96", "17x64x96", "17x96x64", "49x64x96")]
+    assert str(assign_bucket(20, 96, 128, buckets)) == "17x64x96"  # landscape, 17 frames fit, 49 do not
+    assert str(assign_bucket(20, 128, 96, buckets)) == "17x96x64"  # portrait goes to the portrait bucket
+    assert str(assign_bucket(60, 96, 128, buckets)) == "49x64x96"
+    assert assign_bucket(5, 96, 128, buckets) is None  # shorter than every bucket
+
+
+def test_frame_sampling_modes() -> None:
+    assert sample_frame_indices(49, 9, 24) == [0, 6, 12, 18, 24, 30, 36, 42, 48]
+    assert sample_frame_indices(49, 9, 24, mode="stride", stride=2) == list(range(0, 18, 2))
+    assert sample_frame_indices(48, 9, 48, mode="fps", sample_fps=24) == list(range(0, 18, 2))
+    with pytest.raises(ValueError):
+        sample_frame_indices(8, 9, 24)
+
+
+# -- layouts -------------------------------------------------------------------------------------
+
+
+def _layout(root: Path, kind: str) -> dict:
+    (root / "clips").mkdir(parents=True)
+    clip(root / "clips" / "a.mp4", 20, seed=1)
+    write_video(root / "clips" / "b.webm", moving_shape_frames(12, 96, 128, seed=2), fps=24)
+    captions = {"clips/a.mp4": "a red circle moves right", "clips/b.webm": "a blue square falls"}
+    if kind == "csv":
+        lines = ["video,caption"] + [f"{p},{c}" for p, c in captions.items()]
+        (root / "meta.csv").write_text("\n".join(lines) + "\n")
+        return {"dataset_file": str(root / "meta.csv")}
+    if kind == "jsonl":
+        (root / "meta.jsonl").write_text("".join(json.dumps({"file_name": p, "text": c}) + "\n" for p, c in captions.items()))
+        return {"dataset_file": str(root / "meta.jsonl")}
+    if kind == "folder":
+        for rel, caption in captions.items():
+            (root / rel).with_suffix(".txt").write_text(caption)
+        return {"dataset_layout": "folder"}
+    (root / "prompts.txt").write_text("\n".join(captions.values()) + "\n")
+    (root / "videos.txt").write_text("\n".join(captions) + "\n")
+    return {}
+
+
+@pytest.mark.parametrize("kind", ["finetrainers", "csv", "jsonl", "folder"])
+def test_each_dataset_layout(kind: str, tiny_model: Path, tmp_path: Path) -> None:
+    extra = _layout(tmp_path / "data", kind)
+    config = base_config(tiny_model, tmp_path / "data", tmp_path / "out", **extra)
+    manifest = preprocess(config)
+    assert manifest.num_samples == 2, manifest.skipped
+    assert manifest.counts_per_bucket() == {"9x64x96": 1, "17x64x96": 1}
+
+
+def test_images_become_one_frame_clips(tiny_model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    write_image(root / "still.png", moving_shape_frames(1, 96, 128)[0])
+    write_image(root / "photo.jpg", moving_shape_frames(1, 128, 96, seed=3)[0])
+    (root / "prompts.txt").write_text("a still circle\na still square\n")
+    (root / "videos.txt").write_text("still.png\nphoto.jpg\n")
+    manifest = preprocess(base_config(tiny_model, root, tmp_path / "out", video_resolution_buckets=["1x64x96", "1x96x64"]))
+    assert manifest.counts_per_bucket() == {"1x64x96": 1, "1x96x64": 1}
+
+
+# -- skips ---------------------------------------------------------------------------------------
+
+
+def test_every_skip_reason_is_recorded_with_the_file(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    root = tmp_path / "data"
+    (root / "v").mkdir(parents=True)
+    clip(root / "v" / "good.mp4", 20)
+    clip(root / "v" / "short.mp4", 5)
+    (root / "v" / "empty.mp4").write_bytes(b"")
+    (root / "v" / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 4)
+    good = (root / "v" / "good.mp4").read_bytes()
+    (root / "v" / "cut.mp4").write_bytes(good[: len(good) // 3])
+    write_image(root / "v" / "still.png", moving_shape_frames(1, 96, 128)[0])
+    entries = [
+        ("good clip", "v/good.mp4"), ("short clip", "v/short.mp4"), ("empty file", "v/empty.mp4"),
+        ("corrupt file", "v/corrupt.mp4"), ("cut file", "v/cut.mp4"), ("", "v/good.mp4"),
+        ("missing file", "v/missing.mp4"), ("escaping path", "../outside.mp4"), ("a still image", "v/still.png"),
+    ]
+    (root / "prompts.txt").write_text("\n".join(c for c, _ in entries) + "\n")
+    (root / "videos.txt").write_text("\n".join(p for _, p in entries) + "\n")
+    manifest = preprocess(base_config(tiny_model, root, tmp_path / "out"))
+    assert manifest.num_samples == 1
+    reasons = {s["path"]: s["reason"] for s in manifest.skipped}
+    assert reasons["v/short.mp4"] == "too_short"
+    assert reasons["v/empty.mp4"] == "empty_file"
+    assert reasons["v/corrupt.mp4"] == "unreadable"
+    assert reasons["v/cut.mp4"] in ("truncated", "unreadable", "too_short")
+    assert reasons["v/missing.mp4"] == "missing_file"
+    assert reasons["../outside.mp4"] == "path_outside_data_root"
+    assert reasons["v/still.png"] == "image_without_image_bucket"
+    assert "empty_caption" in {s["reason"] for s in manifest.skipped}
+    summary = capsys.readouterr().out
+    assert "skipped:" in summary and "v/short.mp4" in summary and "too_short" in summary
+
+
+def test_nothing_surviving_is_an_error_that_says_why(tiny_model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    clip(root / "short.mp4", 5)
+    (root / "prompts.txt").write_text("too short\n")
+    (root / "videos.txt").write_text("short.mp4\n")
+    with pytest.raises(DatasetError, match="too_short"):
+        preprocess(base_config(tiny_model, root, tmp_path / "out"))
+    assert not (tmp_path / "out" / "cache" / cache_lib.MANIFEST).exists()
+
+
+# -- the cache -----------------------------------------------------------------------------------
+
+
+def test_id_token_is_encoded_and_the_cache_reads_back_exactly(tiny_model: Path, sample_data: Path,
+                                                              shared_cache: Path) -> None:
+    from ray_ltx.data.encode import PromptEncoder, VaeEncoder
+
+    cache = cache_lib.LatentCache.open(str(shared_cache))
+    sid = cache.sample_ids("17x64x96")[0]
+    row = cache.read([sid])[0]
+    assert row["caption"].startswith("BW_STYLE ")
+    tensors = cache_lib.row_to_tensors(row)
+    config = base_config(tiny_model, sample_data, shared_cache.parent / "out")
+    # Encode the same clip and caption again, outside Ray: the cache holds exactly that.
+    path = str(sample_data / row["rel_path"])
+    info = probe(path)
+    frames = decode_frames(path, sample_frame_indices(info.num_frames, 17, info.fps), 64, 96)
+    latents = VaeEncoder(config.to_dict()).encode(frames[None])[0]
+    assert torch.equal(tensors["latents"], latents)
+    embeds, mask, _ = PromptEncoder(config.to_dict()).encode([row["caption"]])
+    assert torch.equal(tensors["prompt_embeds"], embeds[0]) and torch.equal(tensors["prompt_attention_mask"], mask[0])
+    empty_embeds, empty_mask = cache_lib.read_empty_prompt(str(shared_cache))
+    assert empty_embeds.shape == embeds[0].shape and int(empty_mask.sum()) == 1  # just </s>
+
+
+def test_interrupted_run_resumes_encoding_each_clip_once(tiny_model: Path, sample_data: Path, tmp_path: Path) -> None:
+    config = base_config(tiny_model, sample_data, tmp_path / "out")
+    first = preprocess(config)
+    cache_dir = Path(config.resolved().cache_dir)
+    # As if the run died before its last shards and the manifest were written.
+    (cache_dir / cache_lib.MANIFEST).unlink()
+    lost = first.shards[-1]
+    (cache_dir / lost.path).unlink()
+    (cache_dir / lost.path).with_name(".tmp-0badc0de-" + Path(lost.path).name).write_bytes(b"half a shard")
+    second = preprocess(config)
+    assert second.stats["encoded"] == len([s for s in lost.sample_ids if s])
+    assert second.stats["reused"] == first.num_samples - second.stats["encoded"]
+    ids = LatentIds(str(cache_dir))
+    assert len(ids) == len(set(ids)) == first.num_samples
+
+
+def LatentIds(cache_dir: str) -> list[str]:  # noqa: N802 - reads like a value
+    return cache_lib.LatentCache.open(cache_dir).sample_ids()
+
+
+def test_cache_from_another_setup_is_refused_then_rebuilt_on_request(tiny_model: Path, sample_data: Path,
+                                                                     tmp_path: Path) -> None:
+    preprocess(base_config(tiny_model, sample_data, tmp_path / "out"))
+    other = base_config(tiny_model, sample_data, tmp_path / "out", id_token="OTHER_TOKEN")
+    with pytest.raises(CacheError, match="id_token"):
+        preprocess(other)
+    with pytest.raises(CacheError, match="max_sequence_length"):
+        ensure_cache(base_config(tiny_model, None, tmp_path / "out", max_sequence_length=64))
+    rebuilt = preprocess(base_config(tiny_model, sample_data, tmp_path / "out", id_token="OTHER_TOKEN",
+                                     rebuild_cache=True))
+    assert rebuilt.fingerprint["id_token"] == "OTHER_TOKEN" and rebuilt.stats["reused"] == 0
