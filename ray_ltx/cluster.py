@@ -43,17 +43,13 @@ def init_ray(config: Config | None = None) -> None:
 
 
 def _forwarded_env() -> dict[str, str]:
-    """Environment that workers on other nodes need and only the driver has (credentials stay out of configs)."""
-    names = [
-        "MLFLOW_TRACKING_URI",
-        "MLFLOW_TRACKING_USERNAME",
-        "MLFLOW_TRACKING_PASSWORD",
-        "MLFLOW_TRACKING_TOKEN",
-        "HF_TOKEN",
-        "HF_HOME",
-        "RAY_LTX_FAULT",
-        "RAY_LTX_FAULT_DIR",
-    ]
+    """Non-secret settings the workers should share with the driver.
+
+    Credentials (MLflow tokens, HF_TOKEN, cloud keys) are never forwarded: a runtime env is
+    recorded in Ray's logs and job records. On a cluster they come from each node's environment
+    (a Kubernetes secret, an instance role); a local cluster inherits the driver's environment.
+    """
+    names = ["HF_HOME", "RAY_LTX_FAULT_DIR", "TOKENIZERS_PARALLELISM"]
     return {name: os.environ[name] for name in names if name in os.environ}
 
 

@@ -293,7 +293,10 @@ class Config(BaseModel):
     def _check_combinations(self) -> Config:
         training = self.training
         if training.training_type == "full-finetune":
-            lora_flags = sorted({"rank", "lora_alpha", "target_modules"} & training.model_fields_set)
+            # Compared with the defaults (not "was it given"), so a saved full-finetune config reloads.
+            defaults = TrainingConfig()
+            lora_flags = sorted(name for name in ("rank", "lora_alpha", "target_modules")
+                                if getattr(training, name) != getattr(defaults, name))
             if lora_flags:
                 raise ValueError(
                     f"{', '.join('--' + f for f in lora_flags)}: LoRA settings, but --training_type is "

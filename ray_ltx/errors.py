@@ -54,3 +54,25 @@ class TrainingDivergedError(UserError):
     """The loss became NaN or infinite."""
 
     exit_code = 8
+
+
+class StorageFullError(UserError):
+    """No space left where the cache, checkpoints or outputs are written."""
+
+    exit_code = 9
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True if ``error`` (or anything it wraps, Ray's wrappers included) is ENOSPC / EDQUOT."""
+    import errno
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(current) or "Disk quota exceeded" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False

@@ -76,6 +76,8 @@ def base_config(tiny_model: Path, sample_data: Path | None, output_dir: Path, **
         "output_dir": str(output_dir),
         "log_system_metrics": False,
     }
+    if overrides.get("training_type") == "full-finetune":
+        del values["rank"], values["lora_alpha"]
     values.update(overrides)
     return build_config(values)
 
@@ -94,3 +96,57 @@ def make_config(tiny_model: Path, sample_data: Path, shared_cache: Path, tmp_pat
 def copy_tree(source: Path, dest: Path) -> Path:
     shutil.copytree(source, dest)
     return dest
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 with a SQLite store, which tests can stop and restart."""
+
+    def __init__(self, root: Path):
+        import socket
+
+        self.root = root
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process = None
+
+    def start(self) -> MlflowServer:
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+                   "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"]
+        self.log = open(self.root / "server.log", "a")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2):
+                    return self
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError((self.root / "server.log").read_text()[-3000:]) from None
+                time.sleep(0.5)
+        raise RuntimeError("mlflow server did not start in 120 s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except Exception:
+                self.process.kill()
+        self.process = None
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server
+    server.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import defaultdict
 from typing import Any
@@ -27,7 +28,8 @@ from ray_ltx.data import cache as cache_lib
 from ray_ltx.data.buckets import Bucket, assign_bucket
 from ray_ltx.data.encode import OK, PROMPT_ONLY, PromptEncoder, VaeEncoder
 from ray_ltx.data.sources import Record, Skip, read_records
-from ray_ltx.errors import CacheError, DatasetError
+from ray_ltx.errors import CacheError, DatasetError, StorageFullError, is_disk_full
+from ray_ltx.train import faults
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +102,12 @@ def decode_clips(batch: dict[str, Any], buckets: list[str], data: dict[str, Any]
 RESULT_KEYS = ("kind", "path", "bucket", "sample_ids", "reason", "detail", "truncated", "latent_spec")
 
 
-def write_shards(batch: dict[str, Any], cache_dir: str, digest: str) -> dict[str, list[Any]]:
-    """Write the encoded rows of a batch as one shard per bucket; report shards and skips."""
+def write_shards(batch: dict[str, Any], cache_dir: str, digest: str, fault: str | None = None) -> dict[str, list[Any]]:
+    """Write the encoded rows of a batch as one shard per bucket; report shards and skips.
+
+    A task killed mid-write leaves only a temporary file; Ray Data retries the task and the
+    driver keeps each sample once.
+    """
     results: list[dict[str, Any]] = []
     by_bucket: dict[str, list[dict[str, Any]]] = defaultdict(list)
     spec = ""
@@ -124,6 +130,10 @@ def write_shards(batch: dict[str, Any], cache_dir: str, digest: str) -> dict[str
             results.append({"kind": "skip", "path": batch["rel_path"][i], "reason": status,
                             "detail": batch["detail"][i]})
     for bucket, rows in by_bucket.items():
+        if fault and faults.triggered(fault, ("shard",), 0, 0, cache_dir):
+            partial = storage.join(cache_dir, cache_lib.SHARDS, bucket, ".tmp-killed-mid-write.parquet")
+            storage.write_bytes(partial, b"PAR1 half a shard")
+            faults.fire("kill", 0)
         info = cache_lib.write_shard(cache_dir, bucket, rows, digest, spec)
         results.append({"kind": "shard", "path": info.path, "bucket": bucket,
                         "sample_ids": json.dumps(info.sample_ids), "truncated": info.truncated,
@@ -201,8 +211,22 @@ def _ray_data_stream(config: Config, rows: list[dict[str, Any]], cache_dir: str,
                         fn_constructor_kwargs={"config": config_dict},
                         compute=ray.data.ActorPoolStrategy(size=data.encode_actors), **actor_kwargs)
     ds = ds.map_batches(write_shards, batch_size=data.encode_batch_size, num_cpus=0.5,
-                        fn_kwargs={"cache_dir": cache_dir, "digest": digest})
+                        fn_kwargs={"cache_dir": cache_dir, "digest": digest,
+                                   "fault": os.environ.get("RAY_LTX_FAULT")})
     return ds
+
+
+def _encoded_batches(config: Config, rows: list[dict[str, Any]], cache_dir: str, digest: str):
+    """The result rows of the stream; a full disk becomes a StorageFullError that says what to do."""
+    try:
+        yield from _ray_data_stream(config, rows, cache_dir, digest).iter_batches(batch_size=None)
+    except Exception as error:
+        if is_disk_full(error):
+            raise StorageFullError(
+                f"no space left while writing the latent cache to {cache_dir}. Free space there or pass --cache_dir "
+                "on a larger volume, then rerun: complete shards are kept and only the rest is encoded (no manifest "
+                "was written, so nothing reads the incomplete cache)") from None
+        raise
 
 
 def preprocess(config: Config) -> cache_lib.Manifest:
@@ -235,7 +259,7 @@ def preprocess(config: Config) -> cache_lib.Manifest:
             rows.append({"sample_id": EMPTY_PROMPT_ID, "caption": "", "path": "", "rel_path": "", "where": "",
                          "status": PROMPT_ONLY})
         last_report = time.monotonic()
-        for batch in _ray_data_stream(config, rows, cache_dir, digest).iter_batches(batch_size=None):
+        for batch in _encoded_batches(config, rows, cache_dir, digest):
             for i, kind in enumerate(batch["kind"]):
                 if kind == "shard":
                     ids = json.loads(batch["sample_ids"][i])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -18,8 +19,16 @@ from typing import Any
 
 from ray_ltx import storage
 from ray_ltx.config import Config
-from ray_ltx.errors import CheckpointError, OutputDirError, TrainingDivergedError, UserError
+from ray_ltx.errors import (
+    CheckpointError,
+    OutputDirError,
+    StorageFullError,
+    TrainingDivergedError,
+    UserError,
+    is_disk_full,
+)
 from ray_ltx.train import checkpoint as ckpt
+from ray_ltx.train import faults
 
 log = logging.getLogger(__name__)
 
@@ -91,23 +100,30 @@ def _prepare_output_dir(config: Config, run_dir: str) -> None:
 
 
 def _resume_point(config: Config, run_dir: str) -> tuple[str | None, int]:
-    """(explicit checkpoint path for the workers, the step the run continues from)."""
+    """(explicit checkpoint path for the workers, the step the run continues from).
+
+    The checkpoint is checked against the config here, on the driver, so a mismatch (another
+    LoRA rank, training type, backend) fails before any worker starts.
+    """
     wanted = config.training.resume_from_checkpoint
     if not wanted:
         return None, 0
+    explicit = None
     if wanted == "latest":
         found = latest_checkpoint(run_dir)
         if found is None:
             log.info("--resume_from_checkpoint latest: no checkpoint in %s yet, starting at step 0", run_dir)
             return None, 0
-        log.info("resuming from %s (step %d)", found[0], found[1].step)
-        return None, found[1].step
-    path = storage.absolute(wanted)
-    if storage.is_uri(path):
-        state = ckpt.TrainState(**json.loads(storage.read_text(storage.join(path, ckpt.STATE))))
+        path, state = found
     else:
-        state = ckpt.verify(Path(path))
-    return path, state.step
+        path = explicit = storage.absolute(wanted)
+        if storage.is_uri(path):
+            state = ckpt.TrainState(**json.loads(storage.read_text(storage.join(path, ckpt.STATE))))
+        else:
+            state = ckpt.verify(Path(path))
+    ckpt.check_compatible(state, config, config.distributed.num_workers, path)
+    log.info("resuming from %s (step %d)", path, state.step)
+    return explicit, state.step
 
 
 def training_config_block(config: Config, trainable: int, samples: int, shape, world: int) -> dict[str, Any]:
@@ -186,10 +202,13 @@ def train(config: Config, *, callbacks: list | None = None, parent_run_id: str |
     run_dir = storage_dir(config)
     _prepare_output_dir(config, run_dir)
     resume_path, start_step = _resume_point(config, run_dir)
+    faults.check(os.environ.get("RAY_LTX_FAULT"))
+    uri = config.tracking_uri if tracking.enabled(config) else None
+    if uri:
+        tracking.check_reachable(uri)  # before any cluster or model work
     init_ray(config)
 
     run_id = None
-    uri = config.tracking_uri if tracking.enabled(config) else None
     if uri:
         shape_info = cluster_shape()
         run_id = tracking.start_run(config, run_name=run_name, parent_run_id=parent_run_id, extra_params={
@@ -275,6 +294,7 @@ def _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_di
         "system_metrics": config.tracking.log_system_metrics,
         "fault_dir": run_dir if not storage.is_uri(run_dir) else "/tmp/ray-ltx-faults",
         "storage_dir": run_dir,
+        "fault": os.environ.get("RAY_LTX_FAULT"),
         "callbacks": callbacks,
     }
     import ray.data
@@ -318,6 +338,10 @@ def _root_cause(error: BaseException) -> BaseException:
 
 
 def _as_user_error(error: BaseException) -> BaseException:
+    if is_disk_full(error):
+        return StorageFullError(
+            f"no space left on device during training ({_describe_failure(error)}). Free space in the storage path "
+            "and output dir, then rerun with --resume_from_checkpoint latest (incomplete checkpoints are never used)")
     cause = _root_cause(error)
     return cause if isinstance(cause, UserError) else error
 

@@ -1,8 +1,10 @@
 """Fault injection for reliability tests and drills: ``RAY_LTX_FAULT=<kind>@<step>[:<rank>]``.
 
-Kinds: ``raise`` (an exception in the training step), ``kill`` (the worker SIGKILLs itself),
+The driver reads the variable and hands it to the workers in the loop config (workers of an
+already running cluster do not see the driver's environment). Kinds: ``raise`` (an exception in the training step), ``kill`` (the worker SIGKILLs itself),
 ``checkpoint`` (the worker dies half-way through writing a checkpoint), ``nan`` (the loss of that
-step becomes NaN). Each fault fires once per run: a marker file in ``RAY_LTX_FAULT_DIR`` (default:
+step becomes NaN), ``shard`` (a preprocessing write task dies half-way through a shard; use
+``shard@0``). Each fault fires once per run: a marker file in ``RAY_LTX_FAULT_DIR`` (default:
 the run's storage folder) records that it fired, so the restarted worker goes on.
 """
 
@@ -12,15 +14,15 @@ import os
 import signal
 from pathlib import Path
 
-KINDS = ("raise", "kill", "checkpoint", "nan")
+KINDS = ("raise", "kill", "checkpoint", "nan", "shard")
 
 
 class InjectedFault(RuntimeError):
     """The exception a ``raise`` fault throws."""
 
 
-def _parse() -> tuple[str, int, int] | None:
-    spec = os.environ.get("RAY_LTX_FAULT", "").strip()
+def _parse(spec: str | None) -> tuple[str, int, int] | None:
+    spec = (spec or "").strip()
     if not spec:
         return None
     kind, _, rest = spec.partition("@")
@@ -30,9 +32,9 @@ def _parse() -> tuple[str, int, int] | None:
     return kind, int(step), int(rank or 0)
 
 
-def triggered(kinds: tuple[str, ...], step: int, rank: int, default_dir: str) -> str | None:
-    """The configured fault's kind, once, if it is one of ``kinds`` and due here; the marker is written first."""
-    parsed = _parse()
+def triggered(spec: str | None, kinds: tuple[str, ...], step: int, rank: int, default_dir: str) -> str | None:
+    """The fault ``spec``'s kind, once, if it is one of ``kinds`` and due here; the marker is written first."""
+    parsed = _parse(spec)
     if parsed is None or parsed[0] not in kinds or parsed[1:] != (step, rank):
         return None
     kind = parsed[0]
@@ -42,6 +44,11 @@ def triggered(kinds: tuple[str, ...], step: int, rank: int, default_dir: str) ->
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("fired\n")
     return kind
+
+
+def check(spec: str | None) -> None:
+    """Reject a malformed spec on the driver, before any worker starts."""
+    _parse(spec)
 
 
 def fire(kind: str, step: int) -> None:

@@ -89,6 +89,11 @@ class _Tracker:
         if self.logger:
             self.logger.log(step, metrics)
 
+    def flush(self) -> None:
+        """At each checkpoint: what a restart would not replay must be in MLflow already."""
+        if self.logger:
+            self.logger.flush()
+
     def log_videos(self, step: int, outputs: list, output_dir: str) -> None:
         """Copy validation videos to ``<output_dir>/validation/`` and log them (with prompts) to MLflow."""
         from ray_ltx import storage
@@ -108,7 +113,7 @@ class _Tracker:
 
 
 def _save_checkpoint(engine, state: ckpt.TrainState, rank: int, metrics: dict[str, Any], fault_dir: str,
-                     export: Any = None) -> None:
+                     fault_spec: str | None, export: Any = None) -> None:
     """Every rank writes its part to a fresh local folder, lists it last, then Ray persists it."""
     directory = Path(tempfile.mkdtemp(prefix=f"ray-ltx-ckpt-{state.step}-"))
     try:
@@ -118,7 +123,7 @@ def _save_checkpoint(engine, state: ckpt.TrainState, rank: int, metrics: dict[st
             ckpt.write_state(directory, state)
             if export is not None:
                 export(directory / EXPORT_DIR, weights)
-        if faults.triggered(("checkpoint",), state.step, rank, fault_dir):
+        if faults.triggered(fault_spec, ("checkpoint",), state.step, rank, fault_dir):
             faults.fire("kill", state.step)  # dies with a part written and no completion listing
         ckpt.mark_complete(directory, rank)
         checkpoint = ray.train.Checkpoint.from_directory(str(directory))
@@ -148,7 +153,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     training, diffusion = config.training, config.diffusion
     compute = torch_dtype(config.model.transformer_dtype)
-    fault_dir = loop_config["fault_dir"]
+    fault_dir, fault_spec = loop_config["fault_dir"], loop_config.get("fault")
     torch.manual_seed(training.seed)
 
     memory = MemoryReport(device)
@@ -215,7 +220,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
             with engine.accumulating(micro == accumulation - 1):
                 with torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32):
                     loss = flow_matching_loss(engine.module, batch, spec, diffusion, generator, compute)
-                fault = faults.triggered(("raise", "kill", "nan"), step, rank, fault_dir) if micro == 0 else None
+                fault = faults.triggered(fault_spec, ("raise", "kill", "nan"), step, rank, fault_dir) if micro == 0 else None
                 if fault == "nan":
                     loss = loss * float("nan")
                 elif fault:
@@ -242,6 +247,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
             "samples_per_s": total_samples / seconds, "tokens_per_s": total_tokens / seconds,
             "epoch": state.epoch, "skipped_steps": state.skipped_steps,
         }
+        metrics.update(_process_health())
         if device.type == "cuda":
             metrics["gpu_memory_allocated_gib"] = torch.cuda.memory_allocated(device) / 2**30
             metrics["gpu_memory_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
@@ -261,16 +267,28 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
             log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f %.2f s/step %.1f samples/s", state.step,
                      training.train_steps, state.last_loss, metrics["lr"], grad_norm, seconds, metrics["samples_per_s"])
         report = {"step": state.step, **{k: v for k, v in metrics.items() if v is not None}}
+        if done or state.step % training.checkpointing_steps == 0:
+            tracker.flush()
         if done:
             memory.record("after training end")
-            _save_checkpoint(engine, state, rank, report, fault_dir, export=export)
+            _save_checkpoint(engine, state, rank, report, fault_dir, fault_spec, export=export)
         elif state.step % training.checkpointing_steps == 0:
-            _save_checkpoint(engine, state, rank, report, fault_dir)
+            _save_checkpoint(engine, state, rank, report, fault_dir, fault_spec)
         elif "val_loss" in metrics:
             ray.train.report(report)
     tracker.close(Path(loop_config["fault_dir"]))
     return {"step": state.step, "loss": state.last_loss, "trainable_parameters": trainable,
             "memory": memory.rows}
+
+
+def _process_health() -> dict[str, float]:
+    """Resident memory and open files of this worker: flat over a long run, or something leaks."""
+    import os
+    import resource
+
+    with open("/proc/self/statm") as handle:
+        rss = int(handle.read().split()[1]) * resource.getpagesize()
+    return {"process_rss_gib": rss / 2**30, "open_files": float(len(os.listdir("/proc/self/fd")))}
 
 
 def _handle_nonfinite(state: ckpt.TrainState, config: Config, loop_config: dict[str, Any], step: int) -> None:
