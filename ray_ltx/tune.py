@@ -155,7 +155,8 @@ class SweepSpec:
 
 
 def _suggest(name: str, candidates: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    prefixed = [c for c in candidates if len(name) >= 3 and c.startswith(name)]
+    close = prefixed[:1] or difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -423,10 +424,6 @@ def _plain(value: Any) -> Any:
 
 
 def _config_from(data: dict[str, Any], source: str) -> Config:
-    data = copy.deepcopy(data)
-    if data.get("training", {}).get("training_type") == "full-finetune":
-        for key in ("rank", "lora_alpha", "target_modules"):  # defaults carried by to_dict(), not choices
-            data["training"].pop(key, None)
     return build_config(data, source=source)
 
 
@@ -491,13 +488,8 @@ def best_config(base: dict[str, Any], params: dict[str, Any], ties: list[Dimensi
 def prepare(config: Config, spec: SweepSpec) -> dict[str, Any]:
     """The sweep's base config (resolved, as a dict) after checking every searched value against it."""
     source = spec.source
-    layers = [config.to_dict(), spec.fixed, spec.constants]
-    training_type = config.training.training_type
-    for layer in layers[1:]:
-        training_type = layer.get("training_type", layer.get("training", {}).get("training_type", training_type))
-    if training_type == "full-finetune":
-        layers[0] = _strip_lora(layers[0])
-    resolved = build_config(*layers, source=f"{source} (--config, the sweep's config and constants)").resolved()
+    resolved = build_config(config.to_dict(), spec.fixed, spec.constants,
+                            source=f"{source} (--config, the sweep's config and constants)").resolved()
     base = resolved.to_dict()
     base["data"]["cache_dir"] = storage.absolute(resolved.cache_dir)
     if spec.metric == "val_loss" and not base["data"]["holdout_samples"]:
@@ -512,13 +504,6 @@ def prepare(config: Config, spec: SweepSpec) -> dict[str, Any]:
             for bound in dim.values[:2]:
                 _check_value(base, dim.field, bound, spec)
     return base
-
-
-def _strip_lora(data: dict[str, Any]) -> dict[str, Any]:
-    data = copy.deepcopy(data)
-    for key in ("rank", "lora_alpha", "target_modules"):
-        data.get("training", {}).pop(key, None)
-    return data
 
 
 def _check_value(base: dict[str, Any], name: str, value: Any, spec: SweepSpec) -> Any:
@@ -652,7 +637,9 @@ def _scheduler(spec: SweepSpec, base: dict[str, Any]):
                          reduction_factor=opts.get("reduction_factor", 3), brackets=opts.get("brackets", 1))
 
 
-def _search_alg(spec: SweepSpec):
+def _search_alg(spec: SweepSpec, concurrent: int):
+    """The search algorithm, limited to ``concurrent`` trials at once (Tune ignores max_concurrent_trials
+    for a BasicVariantGenerator passed in, so random/grid get the limit themselves)."""
     if spec.search_alg == "optuna":
         try:
             import optuna  # noqa: F401
@@ -660,10 +647,12 @@ def _search_alg(spec: SweepSpec):
         except ImportError:
             raise ConfigError(f"{spec.source}: search_alg optuna needs Optuna: pip install optuna "
                               "(or pip install 'ray-ltx[optuna]'), or use search_alg random") from None
-        return OptunaSearch(seed=spec.search_options.get("seed"))
+        from ray.tune.search import ConcurrencyLimiter
+
+        return ConcurrencyLimiter(OptunaSearch(seed=spec.search_options.get("seed")), max_concurrent=concurrent)
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=spec.search_options.get("seed"))
+    return BasicVariantGenerator(random_state=spec.search_options.get("seed"), max_concurrent=concurrent)
 
 
 class _Signals:
@@ -772,7 +761,7 @@ def run_sweep(config: Config, sweep_path: str | os.PathLike[str], *, resume: boo
                     param_space=_param_space(spec),
                     tune_config=tune.TuneConfig(
                         metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
-                        max_concurrent_trials=concurrent, search_alg=_search_alg(spec),
+                        search_alg=_search_alg(spec, concurrent),
                         scheduler=_scheduler(spec, base), reuse_actors=False,
                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname,
                     ),

@@ -236,6 +236,26 @@ def test_runtime_env_file() -> None:
     assert "pip" not in data, "the cluster image holds the dependencies"
 
 
+@pytest.mark.parametrize("path", [RUNTIME_ENV, RAYJOB])
+def test_runtime_env_leaves_the_driver_s_variables_alone(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray refuses a job whose runtime env sets a variable that the driver's ray.init() also sets.
+
+    ray_ltx.cluster.init_ray passes some of the driver's variables to ray.init(runtime_env=...)
+    (inside a job the driver has every variable of the job's runtime env), so a runtime env that
+    names one of them fails every job with "Failed to merge the Job's runtime env".
+    """
+    from ray_ltx import cluster
+
+    if path == RAYJOB:
+        env_vars = yaml.safe_load(_one(_docs(RAYJOB), "RayJob")["spec"]["runtimeEnvYAML"])["env_vars"]
+    else:
+        env_vars = yaml.safe_load(path.read_text())["env_vars"]
+    for name, value in env_vars.items():
+        monkeypatch.setenv(name, value)
+    forwarded = set(cluster._forwarded_env())
+    assert not forwarded & set(env_vars), f"{path.name} sets {sorted(forwarded & set(env_vars))}"
+
+
 def test_cluster_launcher_config() -> None:
     from ray.autoscaler._private.util import prepare_config, validate_config
 
