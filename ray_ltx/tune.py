@@ -51,6 +51,7 @@ from typing import Any
 
 import yaml
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from ray_ltx import storage
 from ray_ltx.config import FIELD_SECTION, SECTIONS, Config, build_config
@@ -249,8 +250,6 @@ def _parse_dimension(name: str, entry: Any, source: str) -> Dimension:
     if kind_of not in (int, float):
         raise ConfigError(f"{source}: {where}: {kind} needs a numeric field, but '{name}' is not a number; "
                           "use choice or grid_search")
-    if kind in INT_RANGES and kind_of is not int and kind_of is not float:
-        raise ConfigError(f"{source}: {where}: {kind} needs a numeric field")
     if kind in FLOAT_RANGES and kind_of is int:
         suggestion = {"uniform": "randint", "loguniform": "lograndint", "quniform": "qrandint",
                       "qloguniform": "qrandint"}[kind]
@@ -544,12 +543,47 @@ def ray_ltx_trial(params: dict[str, Any], *, base: dict[str, Any], ties: list[di
     tie_dims = [Dimension(**t) for t in ties]
     config = trial_config(base, params, tie_dims, trial_id=trial_id, sweep_name=sweep_name)
     log.info("trial %s: %s -> %s", trial_id, params, config.output_dir)
-    outcome = train(config, callbacks=[MetricReportCallback(metric)], parent_run_id=parent_run_id,
-                    run_name=f"trial-{trial_id}", quiet=True)
+    try:
+        outcome = train(config, callbacks=[MetricReportCallback(metric)], parent_run_id=parent_run_id,
+                        run_name=f"trial-{trial_id}", quiet=True)
+    except BaseException as error:
+        _break_cause_cycles(error)
+        raise
     storage.write_text(storage.join(config.output_dir, TRIAL_RESULT), json.dumps({
         "trial_id": trial_id, "steps": outcome.steps, "final_loss": outcome.final_loss,
         "mlflow_run_id": outcome.mlflow_run_id, "seconds": outcome.seconds, "checkpoint": outcome.checkpoint,
     }, indent=1))
+
+
+def _break_cause_cycles(error: BaseException) -> None:
+    """Cut loops in an exception's cause chain (``raise e from e``): Tune walks the chain recursively
+    when it records a trial's error and would fail with a RecursionError instead of the real error."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None:
+        seen.add(id(current))
+        for attr in ("__cause__", "__context__"):
+            nested = getattr(current, attr)
+            if nested is not None and id(nested) in seen:
+                setattr(current, attr, None)
+        current = current.__cause__ or current.__context__
+
+
+class FinalStepASHA(ASHAScheduler):
+    """ASHA that never stops a trial on its final report (it has trained all its steps and is writing its
+    outputs): plain ASHA stops every trial reaching max_t, and a rung can fall on the last step."""
+
+    def __init__(self, *, train_steps: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._train_steps = train_steps
+
+    def on_trial_result(self, tune_controller, trial, result):
+        action = super().on_trial_result(tune_controller, trial, result)
+        steps = int(trial.config.get("train_steps", self._train_steps))
+        if action == TrialScheduler.STOP and result.get("step", 0) >= steps:
+            self._num_stopped -= 1
+            return TrialScheduler.CONTINUE
+        return action
 
 
 def _trial_dirname(trial) -> str:
@@ -620,8 +654,6 @@ def _max_steps(spec: SweepSpec, base: dict[str, Any]) -> int:
 def _scheduler(spec: SweepSpec, base: dict[str, Any]):
     if spec.scheduler == "none":
         return None
-    from ray.tune.schedulers import ASHAScheduler
-
     opts = dict(spec.scheduler_options)
     time_attr = opts.get("time_attr", "step")
     if time_attr == "step":
@@ -633,8 +665,9 @@ def _scheduler(spec: SweepSpec, base: dict[str, Any]):
         grace = opts.get("grace_period", 1)
     if grace > max_t:
         raise ConfigError(f"{spec.source}: scheduler.grace_period {grace} is above max_t {max_t}")
-    return ASHAScheduler(time_attr=time_attr, max_t=max_t, grace_period=grace,
-                         reduction_factor=opts.get("reduction_factor", 3), brackets=opts.get("brackets", 1))
+    return FinalStepASHA(train_steps=int(base["training"]["train_steps"]), time_attr=time_attr, max_t=max_t,
+                         grace_period=grace, reduction_factor=opts.get("reduction_factor", 3),
+                         brackets=opts.get("brackets", 1))
 
 
 def _search_alg(spec: SweepSpec, concurrent: int):
@@ -699,7 +732,6 @@ def run_sweep(config: Config, sweep_path: str | os.PathLike[str], *, resume: boo
     tune_root = storage.join(output_dir, "tune")
     experiment_path = storage.join(tune_root, spec.name)
     state_path = storage.join(experiment_path, SWEEP_STATE)
-    init_ray(config)
     restorable = tune.Tuner.can_restore(experiment_path)
 
     state: dict[str, Any] = {}
@@ -714,13 +746,17 @@ def run_sweep(config: Config, sweep_path: str | os.PathLike[str], *, resume: boo
         spec = parse_sweep(state["sweep"], f"{sweep_path} (as started)", name=spec.name)
         base = state["base"]
     else:
-        if restorable or storage.is_file(state_path):
+        if restorable:
             raise OutputDirError(
                 f"a sweep named '{spec.name}' already ran in {experiment_path}. Pass --resume to continue it, "
                 "or use another --output_dir or `name:` in the sweep file")
         base = prepare(config, spec)
     base_config = Config.from_dict(base)
     tracking = _tracking(base_config)
+    init_ray(base_config)
+    concurrent = _max_concurrent(spec, base_config)
+    if not resume:
+        search_alg, scheduler = _search_alg(spec, concurrent), _scheduler(spec, base)
 
     # The latent cache, once, before any trial: trials only open it.
     ensure_cache(base_config)
@@ -745,7 +781,6 @@ def run_sweep(config: Config, sweep_path: str | os.PathLike[str], *, resume: boo
     trainable = tune.with_parameters(
         ray_ltx_trial, base=base, ties=[_tie_dict(t) for t in spec.ties], sweep_name=spec.name,
         metric=spec.metric, parent_run_id=parent_run_id)
-    concurrent = _max_concurrent(spec, base_config)
     log.info("sweep %r: %s search, %s scheduler, %s trial(s), %d at a time; metric %s (%s); state in %s",
              spec.name, spec.search_alg, spec.scheduler, spec.expected_trials(), concurrent, spec.metric,
              spec.mode, experiment_path)
@@ -761,8 +796,7 @@ def run_sweep(config: Config, sweep_path: str | os.PathLike[str], *, resume: boo
                     param_space=_param_space(spec),
                     tune_config=tune.TuneConfig(
                         metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
-                        search_alg=_search_alg(spec, concurrent),
-                        scheduler=_scheduler(spec, base), reuse_actors=False,
+                        search_alg=search_alg, scheduler=scheduler, reuse_actors=False,
                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname,
                     ),
                     run_config=tune.RunConfig(name=spec.name, storage_path=tune_root,
@@ -772,6 +806,10 @@ def run_sweep(config: Config, sweep_path: str | os.PathLike[str], *, resume: boo
     except KeyboardInterrupt:
         interrupted = True
         grid = None
+    except BaseException as error:
+        if tracking:
+            tracking.end_run(uri, parent_run_id, "FAILED", error=f"{type(error).__name__}: {error}")
+        raise
     trials = _trials(grid, experiment_path)
     rows = [_row(trial, spec, base, output_dir) for trial in trials]
     if tracking:
@@ -818,16 +856,24 @@ def _tie_dict(dim: Dimension) -> dict[str, Any]:
 
 
 def _trials(grid, experiment_path: str) -> list:
-    analysis = getattr(grid, "_experiment_analysis", None) if grid is not None else None
-    if analysis is None:
-        from ray.tune import ExperimentAnalysis
+    """The trials as Tune saved them: after an interrupt, the in-memory ones read as terminated though
+    the saved (and restored) state has them pending."""
+    from ray.tune import ExperimentAnalysis
 
-        try:
-            analysis = ExperimentAnalysis(experiment_path)
-        except Exception as error:  # nothing saved yet
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "could not fetch metrics" for every trial that never reported
+    try:
+        trials = ExperimentAnalysis(experiment_path).trials
+    except Exception as error:  # nothing saved yet
+        analysis = getattr(grid, "_experiment_analysis", None) if grid is not None else None
+        if analysis is None:
             log.warning("no trial state in %s (%s)", experiment_path, error)
             return []
-    return sorted(analysis.trials, key=lambda t: t.trial_id)
+        trials = analysis.trials
+    finally:
+        quiet.setLevel(level)
+    return sorted(trials, key=lambda t: t.trial_id)
 
 
 def _param_columns(spec: SweepSpec) -> list[str]:
@@ -862,7 +908,9 @@ def _row(trial, spec: SweepSpec, base: dict[str, Any], output_dir: str) -> dict[
         status = "FAILED"
     elif trial.status == "TERMINATED":
         # train() returned (and wrote its result) or the scheduler stopped the trial before the end
-        status = "FINISHED" if finished is not None else "EARLY_STOPPED"
+        done = finished is not None or (steps is not None and steps >= int(_get(
+            apply_params(base, params, []), "train_steps")))
+        status = "FINISHED" if done else "EARLY_STOPPED"
     else:
         status = trial.status
     value = last.get(spec.metric)
@@ -943,6 +991,8 @@ def _reopen_parent(uri: str, run_id: str) -> None:
     mlflow_client = tracking.client(uri)
     mlflow_client.update_run(run_id, status="RUNNING")
     mlflow_client.set_tag(run_id, "run_status", "RUNNING")
+    if "error" in mlflow_client.get_run(run_id).data.tags:
+        mlflow_client.delete_tag(run_id, "error")
     # Runs of trials the stopped driver left behind end now; --resume restarts those trials in new runs.
     for child in _children(uri, run_id):
         if child.info.status == "RUNNING":
@@ -970,6 +1020,14 @@ def _finish_children(uri: str, parent_run_id: str, rows: list[dict[str, Any]]) -
     for row in rows:
         runs = sorted(by_name.get(f"trial-{row['trial_id']}", []), key=lambda r: r.info.start_time or 0)
         if not runs:
+            continue
+        if row["status"] not in ("FINISHED", "EARLY_STOPPED", "FAILED"):
+            # the sweep was stopped under this trial (its run may have recorded the actor's death as a failure)
+            for run in runs:
+                if run.info.status in ("RUNNING", "FAILED"):
+                    mlflow_client.set_tag(run.info.run_id, "run_status", "KILLED")
+                    mlflow_client.set_tag(run.info.run_id, "error", "the sweep was stopped; --resume restarts this trial")
+                    mlflow_client.set_terminated(run.info.run_id, status="KILLED")
             continue
         latest = runs[-1]
         row["mlflow_run_id"] = row["mlflow_run_id"] or latest.info.run_id
