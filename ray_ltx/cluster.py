@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from typing import Any
 
 import ray
 
@@ -26,7 +28,7 @@ def init_ray(config: Config | None = None) -> None:
     if ray.is_initialized():
         return
     address = (config.distributed.ray_address if config else None) or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": _forwarded_env()}
+    runtime_env = _driver_runtime_env()
     if address:
         log.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
@@ -40,6 +42,18 @@ def init_ray(config: Config | None = None) -> None:
         runtime_env=runtime_env,
         log_to_driver=True,
     )
+
+
+def _driver_runtime_env() -> dict[str, Any] | None:
+    """The env vars to forward, less those the job's own runtime env sets (Ray refuses to merge a key twice)."""
+    env = _forwarded_env()
+    try:
+        job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
+        taken = set((job_env.get("env_vars") or {}).keys())
+    except (ValueError, AttributeError):
+        taken = set()
+    env = {key: value for key, value in env.items() if key not in taken}
+    return {"env_vars": env} if env else None
 
 
 def _forwarded_env() -> dict[str, str]:

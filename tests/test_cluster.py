@@ -644,8 +644,7 @@ def test_job_stop_then_resume_from_latest_checkpoint(ray_cluster: LocalRayCluste
     assert not (output_dir / "training_config.json").exists()
 
     (stopped_run,) = _mlflow_runs(uri)
-    assert stopped_run.info.status in ("KILLED", "FAILED"), \
-        f"a stopped job's MLflow run must not stay {stopped_run.info.status}"
+    stopped_status = stopped_run.info.status  # checked last, so that the resume below is exercised anyway
 
     second = f"ray-ltx-resume-{secrets.token_hex(4)}"
     result = ray_cluster.submit(workdir, [*args, "--resume_from_checkpoint", "latest"], submission_id=second)
@@ -668,6 +667,10 @@ def test_job_stop_then_resume_from_latest_checkpoint(ray_cluster: LocalRayCluste
     assert history and min(m.step for m in history) > step, "the resumed run trained from step 0 again"
     assert max(m.step for m in history) == train_steps
 
+    assert stopped_status in ("KILLED", "FAILED"), (
+        f"`ray job stop` left the job's MLflow run {stopped_status}: the driver must end it (KILLED) "
+        "within the job supervisor's grace period (RAY_JOB_STOP_WAIT_TIME_S, 3 s by default)")
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
@@ -687,8 +690,8 @@ def test_two_workers_on_two_nodes(ray_cluster: LocalRayCluster, assets: dict[str
         logs = _assert_succeeded(result, submission_id, ray_cluster)
         block = _assert_outputs(output_dir, 4)
         assert block["train batch size"] == 2  # batch_size 1 x 2 workers
-        ranks = re.findall(r"world_rank=(\d), local_rank=(\d), node_rank=(\d)", logs)
-        assert sorted(set(ranks)) == [("0", "0", "0"), ("1", "0", "1")], f"worker placement: {ranks}"
+        # (The log's local_rank/node_rank group workers by IP, and every node here is 127.0.0.1.)
+        assert re.search(r"worker group of size 2", logs), _tail(logs)
 
         # Where Ray put them: one RayTrainWorker actor on each of the two new nodes.
         listed = ray_cluster.ray("list", "nodes", "--address", ray_cluster.gcs, "--format", "json", "--detail",
