@@ -103,6 +103,17 @@ def config_params(config: Config) -> dict[str, str]:
     return params
 
 
+def ray_job_id() -> str | None:
+    """The submission id of the Ray job this driver runs in (`ray job submit`), if any."""
+    job_id = os.environ.get("RAY_JOB_SUBMISSION_ID")
+    if not job_id and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        try:
+            job_id = json.loads(os.environ["RAY_JOB_CONFIG_JSON_ENV_VAR"])["metadata"]["job_submission_id"]
+        except (ValueError, KeyError, TypeError):
+            job_id = None
+    return job_id or os.environ.get("RAY_JOB_ID") or None
+
+
 def start_run(config: Config, *, run_name: str | None = None, parent_run_id: str | None = None,
               extra_params: dict[str, Any] | None = None, tags: dict[str, str] | None = None) -> str:
     """Create a run holding the resolved config as params; returns its id."""
@@ -118,8 +129,9 @@ def start_run(config: Config, *, run_name: str | None = None, parent_run_id: str
         "model_id": config.model.pretrained_model_name_or_path,
         "mlflow.source.name": "ray-ltx",
     }
-    if os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_SUBMISSION_ID"):
-        all_tags["ray_job_id"] = os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ["RAY_JOB_ID"]
+    job_id = ray_job_id()
+    if job_id:
+        all_tags["ray_job_id"] = job_id
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     all_tags.update(tags or {})
@@ -163,6 +175,18 @@ def log_table(uri: str, run_id: str, rows: list[dict[str, Any]], artifact_file: 
     client(uri).log_table(run_id, data=columns, artifact_file=artifact_file)
 
 
+def _monitor_uri_argument(monitor_class, uri: str) -> dict[str, str]:
+    """MLflow's system-metrics monitor logs to the global tracking URI unless told otherwise (newer MLflow)."""
+    import inspect
+
+    if "tracking_uri" in inspect.signature(monitor_class.__init__).parameters:
+        return {"tracking_uri": uri}
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return {}
+
+
 class RunLogger:
     """Per-step metrics from rank 0: buffered, sent in batches, retried until the server answers.
 
@@ -182,7 +206,8 @@ class RunLogger:
             try:
                 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-                self._monitor = SystemMetricsMonitor(run_id, sampling_interval=10, resume_logging=True)
+                self._monitor = SystemMetricsMonitor(run_id, sampling_interval=10, resume_logging=True,
+                                                     **_monitor_uri_argument(SystemMetricsMonitor, uri))
                 self._monitor.start()
             except Exception as error:  # optional: psutil/pynvml missing or an old MLflow
                 log.info("MLflow system metrics off: %s", error)

@@ -173,10 +173,13 @@ def test_no_unsafe_deserialisation_or_remote_code() -> None:
 
 
 def test_credentials_never_reach_params_artifacts_or_logs(tiny_model: Path, sample_data: Path, tmp_path: Path) -> None:
+    import tempfile
+
     secret = "sekrit-token-4f9a1c"
+    ray_tmp = tempfile.mkdtemp(prefix="rl-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_TOKEN": secret, "HF_TOKEN": secret, "AWS_SECRET_ACCESS_KEY": secret,
-           "RAY_TMPDIR": str(tmp_path / "ray-tmp")}
+           "RAY_TMPDIR": ray_tmp}
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "ray_ltx", "train", "--pretrained_model_name_or_path", str(tiny_model),
@@ -187,7 +190,9 @@ def test_credentials_never_reach_params_artifacts_or_logs(tiny_model: Path, samp
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert secret not in result.stdout + result.stderr
-    for root in (out, tmp_path / "mlruns", tmp_path / "ray-tmp"):
+    logs = list(Path(ray_tmp).rglob("*.log")) + list(Path(ray_tmp).rglob("*.out")) + list(Path(ray_tmp).rglob("*.err"))
+    assert logs, "Ray wrote no logs where RAY_TMPDIR points"
+    for root in (out, tmp_path / "mlruns", Path(ray_tmp)):
         for path in root.rglob("*"):
             if path.is_file() and path.stat().st_size < 50_000_000:
                 assert secret.encode() not in path.read_bytes(), path

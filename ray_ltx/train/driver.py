@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,15 +62,20 @@ def _checkpoint_dirs(run_dir: str) -> list[str]:
     return [storage.join(run_dir, name) for name in storage.list_dirs(run_dir) if name.startswith("checkpoint_")]
 
 
+def read_state(path: str) -> ckpt.TrainState:
+    """The state of a complete checkpoint (local: every rank's listing verified; remote: its state.json)."""
+    if storage.is_uri(path):
+        return ckpt.TrainState(**json.loads(storage.read_text(storage.join(path, ckpt.STATE))))
+    return ckpt.verify(Path(path))
+
+
 def latest_checkpoint(run_dir: str) -> tuple[str, ckpt.TrainState] | None:
     """The newest complete checkpoint of a run (incomplete ones, e.g. from a crash mid-save, are passed over)."""
     for path in reversed(_checkpoint_dirs(run_dir)):
-        if storage.is_uri(path):
-            return path, ckpt.TrainState(**json.loads(storage.read_text(storage.join(path, ckpt.STATE))))
         try:
-            return path, ckpt.verify(Path(path))
-        except CheckpointError as error:
-            log.warning("passing over %s", error)
+            return path, read_state(path)
+        except (CheckpointError, OSError, ValueError) as error:
+            log.warning("passing over %s: %s", path, error)
     return None
 
 
@@ -117,10 +123,7 @@ def _resume_point(config: Config, run_dir: str) -> tuple[str | None, int]:
         path, state = found
     else:
         path = explicit = storage.absolute(wanted)
-        if storage.is_uri(path):
-            state = ckpt.TrainState(**json.loads(storage.read_text(storage.join(path, ckpt.STATE))))
-        else:
-            state = ckpt.verify(Path(path))
+        state = read_state(path)
     ckpt.check_compatible(state, config, config.distributed.num_workers, path)
     log.info("resuming from %s (step %d)", path, state.step)
     return explicit, state.step
@@ -167,9 +170,19 @@ def build_trainer(config: Config, loop_config: dict[str, Any], datasets: dict[st
         scaling_config=scaling,
         run_config=run_config,
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=_ingest_config(),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=dist.nccl_timeout),
     )
+
+
+def _ingest_config():
+    """Micro-batches reach the workers in plan order (a step's micro-batches share a bucket, and a resumed
+    run skips by position): Ray Data would otherwise hand out whichever block finishes loading first."""
+    import ray.train
+
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return ray.train.DataConfig(datasets_to_split=["train"], execution_options={"train": options})
 
 
 def _cluster_has_gpus() -> bool:
@@ -248,7 +261,12 @@ def train(config: Config, *, callbacks: list | None = None, parent_run_id: str |
     except BaseException as error:
         if uri and run_id:
             tracking.end_run(uri, run_id, "FAILED", error=_describe_failure(error))
-        raise _as_user_error(error) from error
+        user_error = _as_user_error(error)
+        if user_error is error:
+            raise
+        if _in_chain(user_error, error):  # the user's error found inside Ray's wrappers: its message says it all
+            raise user_error from None
+        raise user_error from error
     finally:
         if _in_main_thread():
             signal.signal(signal.SIGTERM, previous_handler)
@@ -261,8 +279,6 @@ def train(config: Config, *, callbacks: list | None = None, parent_run_id: str |
 
 
 def _in_main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 
@@ -302,12 +318,35 @@ def _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_di
     # The loop logs its own progress; Ray Data's bars would flood the job log from every worker.
     ray.data.DataContext.get_current().enable_progress_bars = False
     trainer = build_trainer(config, loop_config, {"train": training_dataset(cache, plan)})
-    result = trainer.fit()
+    result = _fit_interruptibly(trainer)
     if result.checkpoint is None:
         raise CheckpointError(f"training ended without a final checkpoint in {run_dir}")
     value = result.return_value or {}
     return (value.get("step", training.train_steps), value.get("loss"), result.checkpoint.path,
             value.get("trainable_parameters", 0), value.get("memory", []))
+
+
+def _fit_interruptibly(trainer):
+    """``trainer.fit()`` in a helper thread, so that the main thread keeps running Python signal handlers.
+
+    ``fit()`` waits on the Train controller inside Ray's C++ core, where a SIGTERM handler would not run
+    until training ends: ``ray job stop`` would kill the driver before it could mark the MLflow run.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as error:  # handed to the main thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="ray-ltx-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _describe_failure(error: BaseException) -> str:
@@ -335,6 +374,18 @@ def _root_cause(error: BaseException) -> BaseException:
         if cls.__name__ in str(error):
             return cls(str(error).split(f"{cls.__name__}: ", 1)[-1].strip().splitlines()[0])
     return current
+
+
+def _in_chain(needle: BaseException, error: BaseException) -> bool:
+    """Whether ``needle`` is ``error`` or among its causes (raising it ``from error`` would make a cycle)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if current is needle:
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _as_user_error(error: BaseException) -> BaseException:
