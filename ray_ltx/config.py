@@ -106,10 +106,11 @@ class DataConfig(_Section):
     """CPUs reserved by each Ray Data decode task."""
     encode_batch_size: int = Field(default=4, gt=0)
     """Clips per VAE call (one shape per call); prompts are batched 4x this."""
-    encode_actors: int = Field(default=1, gt=0)
-    """Encoder actors (one model copy each); set to the number of GPUs to use for encoding."""
+    encode_actors: int | None = Field(default=None, gt=0)
+    """Actors per encoder stage (VAE, T5; one model copy each); default: 2 per cluster GPU, 1 without GPUs."""
     encode_gpus: float | None = Field(default=None, ge=0)
-    """GPUs per encoder actor; default: 1 when the cluster has GPUs, else 0 (CPU actors)."""
+    """GPUs per encoder actor; default: 0.25 when the cluster has GPUs (a VAE and a T5 actor pair twice per
+    GPU, which keeps the GPU busy while the other waits on decode), else 0 (CPU actors)."""
     holdout_samples: int = Field(default=0, ge=0)
     """Cached samples held out of training for the validation loss (a good sweep metric)."""
 
@@ -164,6 +165,9 @@ class TrainingConfig(_Section):
     """VAE tiling when encoding latents and decoding validation videos."""
     compile: bool = False
     """torch.compile each transformer block (regional compilation)."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    """torch.compile mode for --compile; reduce-overhead replays each block as a CUDA graph: fastest at small
+    batches on GPU, where launching kernels bounds the step (costs some memory)."""
     nan_policy: Literal["stop", "skip"] = "stop"
     """On a NaN/inf loss: stop with a message naming the step, or skip the step and count it."""
     max_skipped_steps: int = Field(default=10, ge=0)

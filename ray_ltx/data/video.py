@@ -250,13 +250,20 @@ def _load_image(src: str | BinaryIO, name: str) -> Image.Image:
         raise MediaError("unreadable", name, f"not a readable image ({err})") from err
 
 
+def _av_open(src: str | BinaryIO) -> av.container.InputContainer:
+    try:
+        # Badly encoded metadata tags are common in user files and irrelevant here.
+        return av.open(src, metadata_errors="ignore")
+    except TypeError:  # PyAV releases without the argument decode metadata leniently already
+        return av.open(src)
+
+
 @contextmanager
 def _open_video(
     src: str | BinaryIO, name: str
 ) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
     try:
-        # Badly encoded metadata tags are common in user files and irrelevant here.
-        container = av.open(src, metadata_errors="ignore")
+        container = _av_open(src)
     except av.FFmpegError as err:
         raise MediaError("unreadable", name, f"not a readable video ({err.strerror})") from err
     with container:

@@ -13,6 +13,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +58,17 @@ def prepare_transformer(config: Config, device: torch.device) -> tuple[torch.nn.
     transformer.to(device)
     transformer.train()
     if config.training.compile:
+        mode = None if config.training.compile_mode == "default" else config.training.compile_mode
         for block in transformer.transformer_blocks:
-            block.compile()
+            block.compile(mode=mode)
     return transformer, count
+
+
+def _plan_rows(shard, prefetch_blocks: int = 4) -> Iterator[dict[str, Any]]:
+    """The worker's micro-batch rows in order, a few blocks read ahead (``iter_rows`` reads one ahead, and a
+    step waits whenever a block is late)."""
+    for table in shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_blocks):
+        yield from table.to_pylist()
 
 
 def _step_generator(device: torch.device, seed: int, rank: int, step: int) -> torch.Generator:
@@ -133,14 +142,30 @@ def _save_checkpoint(engine, state: ckpt.TrainState, rank: int, metrics: dict[st
 
 
 def _restore(engine, loop_config: dict[str, Any], config: Config, world: int) -> ckpt.TrainState | None:
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and loop_config.get("resume_path"):
-        checkpoint = ray.train.Checkpoint(loop_config["resume_path"])
-    if checkpoint is None:
+    """Load the newest complete checkpoint: of this run's storage folder, or the one asked to resume from.
+
+    The storage folder is scanned rather than trusting ``ray.train.get_checkpoint()`` alone: a
+    checkpoint every rank finished writing is usable even if the controller died (driver killed) or
+    failed (a worker lost) before registering it, and the driver planned the data from the same scan.
+    """
+    from ray_ltx.train.driver import latest_checkpoint, read_state
+
+    candidates = []
+    found = latest_checkpoint(loop_config["storage_dir"])
+    if found is not None:
+        candidates.append(found)
+    if loop_config.get("resume_path"):
+        candidates.append((loop_config["resume_path"], read_state(loop_config["resume_path"])))
+    if not candidates:
         return None
-    with checkpoint.as_directory() as directory:
-        state = ckpt.verify(Path(directory))
-        ckpt.check_compatible(state, config, world, checkpoint.path)
+    path, state = max(candidates, key=lambda item: item[1].step)
+    if state.step < loop_config["plan_start_step"]:
+        from ray_ltx.errors import CheckpointError
+
+        raise CheckpointError(f"the workers see no checkpoint of step {loop_config['plan_start_step']} in "
+                              f"{loop_config['storage_dir']}: --storage_path must be storage every node reaches")
+    ckpt.check_compatible(state, config, world, path)
+    with ray.train.Checkpoint(path).as_directory() as directory:
         engine.load(Path(directory))
     return state
 
@@ -171,7 +196,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
         log.info("rank 0 of %d on %s: %s, %s trainable parameters, starting at step %d of %d",
                  world, device, training.training_type, f"{trainable:,}", state.step, training.train_steps)
 
-    rows = iter(ray.train.get_dataset_shard("train").iter_rows())
+    rows = _plan_rows(ray.train.get_dataset_shard("train"))
     # The plan starts where the driver started; after an in-run restart, skip what was already trained.
     for _ in range((state.step - loop_config["plan_start_step"]) * accumulation):
         next(rows)
