@@ -23,7 +23,7 @@ demo: install
 	$(VENV)/bin/ray-ltx demo --workdir $(DEMO_DIR)
 
 test: install
-	$(PY) -m pytest tests
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest tests
 
 lint: install
 	$(VENV)/bin/ruff check ray_ltx tests tuning benchmarks
