@@ -65,7 +65,7 @@ def main() -> None:
     figures = {
         "steps": {"value": result.steps, "unit": "steps"},
         "checkpoints_written": {"value": args.steps // config.training.checkpointing_steps, "unit": "checkpoints"},
-        "validations": {"value": 3, "unit": "runs"},
+        "validations": {"value": len(list((work / "out" / "validation").rglob("*.mp4"))), "unit": "videos"},
         "wall_time": {"value": round(seconds, 1), "unit": "s"},
         "rss_middle_third": {"value": round(rss_mid, 4), "unit": "GiB"},
         "rss_last_third": {"value": round(rss_end, 4), "unit": "GiB"},
