@@ -257,6 +257,7 @@ def ray_ltx_overrides(run: dict[str, Any], model_dir: Path, cache_dir: Path, out
     }
     if run["training_type"] == "lora":
         overrides.update(rank=RANK, lora_alpha=RANK, target_modules=TARGET_MODULES)
+    overrides.update(run.get("overrides", {}))  # e.g. num_workers / backend for the scaling benchmark
     return overrides
 
 
