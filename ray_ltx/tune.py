@@ -1033,15 +1033,16 @@ def _finish_children(uri: str, parent_run_id: str, rows: list[dict[str, Any]]) -
         row["mlflow_run_id"] = row["mlflow_run_id"] or latest.info.run_id
         mlflow_client.set_tag(latest.info.run_id, "tune.trial_id", row["trial_id"])
         mlflow_client.set_tag(latest.info.run_id, "tune.status", row["status"])
-        if latest.info.status == "RUNNING" and row["status"] in ("EARLY_STOPPED", "FAILED", "FINISHED"):
-            if row["status"] == "EARLY_STOPPED":
-                mlflow_client.set_tag(latest.info.run_id, "run_status", "KILLED")
-                mlflow_client.set_tag(latest.info.run_id, "stopped_early",
-                                      f"stopped by the scheduler at step {row['step']}")
-                mlflow_client.set_terminated(latest.info.run_id, status="KILLED")
-            else:
-                tracking.end_run(uri, latest.info.run_id, "FAILED" if row["status"] == "FAILED" else "FINISHED",
-                                 error=row.get("error"))
+        if row["status"] == "EARLY_STOPPED" and latest.info.status in ("RUNNING", "FAILED"):
+            # The trial's train() may have seen the scheduler's stop as an error and ended its run FAILED.
+            if "error" in latest.data.tags:
+                mlflow_client.delete_tag(latest.info.run_id, "error")
+            mlflow_client.set_tag(latest.info.run_id, "run_status", "KILLED")
+            mlflow_client.set_tag(latest.info.run_id, "stopped_early", f"stopped by the scheduler at step {row['step']}")
+            mlflow_client.set_terminated(latest.info.run_id, status="KILLED")
+        elif latest.info.status == "RUNNING" and row["status"] in ("FAILED", "FINISHED"):
+            tracking.end_run(uri, latest.info.run_id, "FAILED" if row["status"] == "FAILED" else "FINISHED",
+                             error=row.get("error"))
 
 
 def _finish_parent(uri: str, run_id: str, spec: SweepSpec, rows: list[dict[str, Any]], best: dict[str, Any] | None,
