@@ -44,15 +44,19 @@ def init_ray(config: Config | None = None) -> None:
     )
 
 
+def job_config() -> dict[str, Any]:
+    """The config of the `ray job submit` job this driver runs in (runtime env, metadata); {} outside a job."""
+    try:
+        value = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _driver_runtime_env() -> dict[str, Any] | None:
     """The env vars to forward, less those the job's own runtime env sets (Ray refuses to merge a key twice)."""
-    env = _forwarded_env()
-    try:
-        job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
-        taken = set((job_env.get("env_vars") or {}).keys())
-    except (ValueError, AttributeError):
-        taken = set()
-    env = {key: value for key, value in env.items() if key not in taken}
+    taken = (job_config().get("runtime_env") or {}).get("env_vars") or {}
+    env = {key: value for key, value in _forwarded_env().items() if key not in taken}
     return {"env_vars": env} if env else None
 
 

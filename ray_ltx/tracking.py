@@ -105,12 +105,9 @@ def config_params(config: Config) -> dict[str, str]:
 
 def ray_job_id() -> str | None:
     """The submission id of the Ray job this driver runs in (`ray job submit`), if any."""
-    job_id = os.environ.get("RAY_JOB_SUBMISSION_ID")
-    if not job_id and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-        try:
-            job_id = json.loads(os.environ["RAY_JOB_CONFIG_JSON_ENV_VAR"])["metadata"]["job_submission_id"]
-        except (ValueError, KeyError, TypeError):
-            job_id = None
+    from ray_ltx.cluster import job_config
+
+    job_id = os.environ.get("RAY_JOB_SUBMISSION_ID") or (job_config().get("metadata") or {}).get("job_submission_id")
     return job_id or os.environ.get("RAY_JOB_ID") or None
 
 

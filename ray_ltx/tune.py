@@ -543,30 +543,12 @@ def ray_ltx_trial(params: dict[str, Any], *, base: dict[str, Any], ties: list[di
     tie_dims = [Dimension(**t) for t in ties]
     config = trial_config(base, params, tie_dims, trial_id=trial_id, sweep_name=sweep_name)
     log.info("trial %s: %s -> %s", trial_id, params, config.output_dir)
-    try:
-        outcome = train(config, callbacks=[MetricReportCallback(metric)], parent_run_id=parent_run_id,
-                        run_name=f"trial-{trial_id}", quiet=True)
-    except BaseException as error:
-        _break_cause_cycles(error)
-        raise
+    outcome = train(config, callbacks=[MetricReportCallback(metric)], parent_run_id=parent_run_id,
+                    run_name=f"trial-{trial_id}", quiet=True)
     storage.write_text(storage.join(config.output_dir, TRIAL_RESULT), json.dumps({
         "trial_id": trial_id, "steps": outcome.steps, "final_loss": outcome.final_loss,
         "mlflow_run_id": outcome.mlflow_run_id, "seconds": outcome.seconds, "checkpoint": outcome.checkpoint,
     }, indent=1))
-
-
-def _break_cause_cycles(error: BaseException) -> None:
-    """Cut loops in an exception's cause chain (``raise e from e``): Tune walks the chain recursively
-    when it records a trial's error and would fail with a RecursionError instead of the real error."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None:
-        seen.add(id(current))
-        for attr in ("__cause__", "__context__"):
-            nested = getattr(current, attr)
-            if nested is not None and id(nested) in seen:
-                setattr(current, attr, None)
-        current = current.__cause__ or current.__context__
 
 
 class FinalStepASHA(ASHAScheduler):
@@ -1025,9 +1007,7 @@ def _finish_children(uri: str, parent_run_id: str, rows: list[dict[str, Any]]) -
             # the sweep was stopped under this trial (its run may have recorded the actor's death as a failure)
             for run in runs:
                 if run.info.status in ("RUNNING", "FAILED"):
-                    mlflow_client.set_tag(run.info.run_id, "run_status", "KILLED")
-                    mlflow_client.set_tag(run.info.run_id, "error", "the sweep was stopped; --resume restarts this trial")
-                    mlflow_client.set_terminated(run.info.run_id, status="KILLED")
+                    _mark_killed(mlflow_client, run, error="the sweep was stopped; --resume restarts this trial")
             continue
         latest = runs[-1]
         row["mlflow_run_id"] = row["mlflow_run_id"] or latest.info.run_id
@@ -1035,14 +1015,23 @@ def _finish_children(uri: str, parent_run_id: str, rows: list[dict[str, Any]]) -
         mlflow_client.set_tag(latest.info.run_id, "tune.status", row["status"])
         if row["status"] == "EARLY_STOPPED" and latest.info.status in ("RUNNING", "FAILED"):
             # The trial's train() may have seen the scheduler's stop as an error and ended its run FAILED.
-            if "error" in latest.data.tags:
-                mlflow_client.delete_tag(latest.info.run_id, "error")
-            mlflow_client.set_tag(latest.info.run_id, "run_status", "KILLED")
-            mlflow_client.set_tag(latest.info.run_id, "stopped_early", f"stopped by the scheduler at step {row['step']}")
-            mlflow_client.set_terminated(latest.info.run_id, status="KILLED")
+            _mark_killed(mlflow_client, latest, stopped_early=f"stopped by the scheduler at step {row['step']}")
         elif latest.info.status == "RUNNING" and row["status"] in ("FAILED", "FINISHED"):
             tracking.end_run(uri, latest.info.run_id, "FAILED" if row["status"] == "FAILED" else "FINISHED",
                              error=row.get("error"))
+
+
+def _mark_killed(mlflow_client, run, *, error: str | None = None, stopped_early: str | None = None) -> None:
+    """End a trial's run KILLED, with why: ``error`` (the sweep stopped) or ``stopped_early`` (the scheduler)."""
+    run_id = run.info.run_id
+    if error:
+        mlflow_client.set_tag(run_id, "error", error)
+    elif "error" in run.data.tags:  # an error recorded by the trial for a stop that was no failure
+        mlflow_client.delete_tag(run_id, "error")
+    if stopped_early:
+        mlflow_client.set_tag(run_id, "stopped_early", stopped_early)
+    mlflow_client.set_tag(run_id, "run_status", "KILLED")
+    mlflow_client.set_terminated(run_id, status="KILLED")
 
 
 def _finish_parent(uri: str, run_id: str, spec: SweepSpec, rows: list[dict[str, Any]], best: dict[str, Any] | None,
