@@ -107,7 +107,8 @@ class DataConfig(_Section):
     encode_batch_size: int = Field(default=4, gt=0)
     """Clips per VAE call (one shape per call); prompts are batched 4x this."""
     encode_actors: int | None = Field(default=None, gt=0)
-    """Actors per encoder stage (VAE, T5; one model copy each); default: 2 per cluster GPU, 1 without GPUs."""
+    """Actors per encoder stage (VAE, T5; one model copy each); default: as many pairs as the cluster's GPUs
+    hold at --encode_gpus each (2 per GPU with the default 0.25), 1 without GPUs."""
     encode_gpus: float | None = Field(default=None, ge=0)
     """GPUs per encoder actor; default: 0.25 when the cluster has GPUs (a VAE and a T5 actor pair twice per
     GPU, which keeps the GPU busy while the other waits on decode), else 0 (CPU actors)."""

@@ -12,7 +12,7 @@ import torch
 from conftest import base_config
 from ray_ltx.data import cache as cache_lib
 from ray_ltx.data.buckets import Bucket, assign_bucket
-from ray_ltx.data.pipeline import ensure_cache, preprocess
+from ray_ltx.data.pipeline import encoder_layout, ensure_cache, preprocess
 from ray_ltx.data.samples import moving_shape_frames, write_image, write_video
 from ray_ltx.data.video import decode_frames, probe, sample_frame_indices
 from ray_ltx.errors import CacheError, DatasetError
@@ -199,3 +199,25 @@ def test_cache_from_another_setup_is_refused_then_rebuilt_on_request(tiny_model:
     rebuilt = preprocess(base_config(tiny_model, sample_data, tmp_path / "out", id_token="OTHER_TOKEN",
                                      rebuild_cache=True))
     assert rebuilt.fingerprint["id_token"] == "OTHER_TOKEN" and rebuilt.stats["reused"] == 0
+
+
+@pytest.mark.parametrize(
+    ("actors", "gpus_per_actor", "cluster_gpus", "expected"),
+    [
+        (None, None, 0, (0.0, 1)),  # CPU cluster: one CPU actor per encoder stage
+        (None, None, 1, (0.25, 2)),  # two VAE + two T5 actors per GPU, a quarter GPU each
+        (None, None, 8, (0.25, 16)),
+        (3, None, 8, (0.25, 3)),  # what the user set wins
+        (None, 0.5, 4, (0.5, 4)),  # --encode_gpus 0.5: one pair per GPU
+        (None, 1.0, 1, (1.0, 1)),  # a pair that cannot fit: still one actor per stage (and a warning)
+        (2, 0, 4, (0.0, 2)),  # --encode_gpus 0: CPU encoders on a GPU cluster
+    ],
+)
+def test_encoder_layout_defaults_fill_every_gpu(actors, gpus_per_actor, cluster_gpus, expected) -> None:
+    assert encoder_layout(actors, gpus_per_actor, cluster_gpus) == expected
+
+
+def test_encoder_layout_warns_when_it_asks_for_more_gpus_than_the_cluster_has(caplog) -> None:
+    with caplog.at_level("WARNING", logger="ray_ltx.data.pipeline"):
+        assert encoder_layout(4, 1.0, 2) == (1.0, 4)
+    assert "asks for 8 GPUs" in caplog.text and "--encode_actors" in caplog.text

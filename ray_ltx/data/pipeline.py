@@ -198,8 +198,8 @@ def encoder_layout(actors: int | None, gpus_per_actor: float | None, cluster_gpu
     """
     if gpus_per_actor is None:
         gpus_per_actor = 0.25 if cluster_gpus else 0.0
-    if actors is None:
-        actors = max(1, int(cluster_gpus) * 2) if gpus_per_actor else 1
+    if actors is None:  # as many VAE + T5 pairs as the cluster's GPUs hold
+        actors = max(1, int(cluster_gpus / (2 * gpus_per_actor) + 1e-9)) if gpus_per_actor else 1
     if gpus_per_actor and 2 * actors * gpus_per_actor > cluster_gpus + 1e-9:
         # An autoscaling cluster may still add GPU nodes; otherwise Ray Data waits for GPUs that never come.
         log.warning("encoding asks for %g GPUs (%d VAE + %d T5 actors x %g GPU) and the cluster has %g now; "
