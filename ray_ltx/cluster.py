@@ -20,28 +20,64 @@ _MIN_LOCAL_CPUS = 8
 
 
 def init_ray(config: Config | None = None) -> None:
-    """Join the cluster of `distributed.ray_address`, `RAY_ADDRESS`, or start a local one.
+    """Join the cluster of `distributed.ray_address`, `RAY_ADDRESS`, a live `ray start` cluster on this
+    machine, or start a private local one.
 
-    Inside `ray job submit` RAY_ADDRESS is set, so the job's driver joins the job's cluster. A local
-    cluster binds its dashboard to 127.0.0.1 only.
+    Inside `ray job submit` RAY_ADDRESS is set, so the job's driver joins the job's cluster. A cluster
+    started with `ray start --head` on this machine is joined (and the log says so); the address file a
+    crashed one leaves behind is ignored. `--ray_address local` always starts a private cluster, whose
+    dashboard binds to 127.0.0.1 only.
     """
     if ray.is_initialized():
         return
     address = (config.distributed.ray_address if config else None) or os.environ.get("RAY_ADDRESS")
     runtime_env = _driver_runtime_env()
-    if address:
+    if address and address != "local":
         log.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return
+    running = None if address == "local" else running_local_cluster()
+    if running:
+        log.info("joining the Ray cluster already running on this machine at %s (started with `ray start`); "
+                 "pass --ray_address local to start a private one instead", running)
+        ray.init(address=running, runtime_env=runtime_env, log_to_driver=True)
         return
     cpus = max(os.cpu_count() or 1, _MIN_LOCAL_CPUS)
     log.info("starting a local Ray cluster (%d logical CPUs)", cpus)
     ray.init(
+        address="local",
         num_cpus=cpus,
         include_dashboard=False,
         dashboard_host="127.0.0.1",
         runtime_env=runtime_env,
         log_to_driver=True,
     )
+
+
+def running_local_cluster(timeout: float = 1.0) -> str | None:
+    """The address of the cluster `ray start` last started on this machine, if its GCS still answers.
+
+    `ray start` records it in ``<temp dir>/ray/ray_current_cluster``; a cluster that crashed or was
+    killed leaves the file behind, so the address counts only if something listens there.
+    """
+    import socket
+    import tempfile
+
+    root = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+    path = os.path.join(root, "ray", "ray_current_cluster")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            address = handle.read().strip()
+    except OSError:
+        return None
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return address
+    except OSError:
+        return None
 
 
 def job_config() -> dict[str, Any]:

@@ -251,7 +251,8 @@ class DistributedConfig(_Section):
     max_failures: int = Field(default=0, ge=-1)
     """Worker-group restarts from the latest checkpoint before the run fails (-1: unlimited)."""
     ray_address: str | None = None
-    """Ray cluster to connect to ('auto', 'ray://...'); default: RAY_ADDRESS, else a local Ray started in-process."""
+    """Ray cluster to connect to ('auto', 'HOST:PORT', 'ray://...', or 'local' for a private local cluster);
+    default: RAY_ADDRESS, else a cluster started with `ray start` on this machine, else a private local one."""
     storage_path: str | None = None
     """Where Ray Train keeps checkpoints (a path or URI all nodes reach); default: <output_dir>/ray."""
     run_name: str = "train"

@@ -35,11 +35,14 @@ def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray for the session (train/preprocess join it instead of starting their own)."""
+    """One private local Ray for the session (train/preprocess join it instead of starting their own).
+
+    ``address="local"``: never the cluster a `ray start` on this machine left running.
+    """
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     yield
     ray.shutdown()
