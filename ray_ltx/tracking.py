@@ -18,12 +18,11 @@ from typing import Any
 
 from ray_ltx.config import Config
 from ray_ltx.errors import TrackingError
+from ray_ltx.redaction import SECRET_NAMES, redact
 
 log = logging.getLogger(__name__)
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-_SECRET_NAMES = re.compile(r"token|password|secret|credential|api_key|access_key", re.IGNORECASE)
 
 
 def enabled(config: Config) -> bool:
@@ -31,11 +30,6 @@ def enabled(config: Config) -> bool:
         # Accepted for finetrainers compatibility; ray-ltx records runs in MLflow only (see README).
         log.warning("--report_to wandb: ray-ltx records runs in MLflow; logging to MLflow instead")
     return config.tracking.report_to in ("mlflow", "wandb")
-
-
-def redact(text: str) -> str:
-    """Drop credentials embedded in URIs (``scheme://user:pass@host``)."""
-    return _USERINFO.sub("***@", text)
 
 
 def client(uri: str):
@@ -97,7 +91,7 @@ def versions() -> dict[str, str]:
 def config_params(config: Config) -> dict[str, str]:
     params = {}
     for key, value in config.flatten().items():
-        if _SECRET_NAMES.search(key):
+        if SECRET_NAMES.search(key):
             continue
         params[key] = redact(value)[:MAX_PARAM_LENGTH]
     return params
