@@ -74,14 +74,14 @@ def write_json(path: str | Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def write_model_configs(model_dir: Path, size: str) -> None:
+def write_model_configs(model_dir: Path, size: str, version: str = "0.9.0") -> None:
     """vae/config.json and text_encoder/config.json without weights: enough for ray-ltx's cache fingerprint.
 
     Built on the meta device, so a T5-XXL-shaped config costs no memory and no time.
     """
     from ray_ltx.model.tiny import build_text_encoder, build_vae
 
-    vae = build_vae(size, device="meta")
+    vae = build_vae(size, device="meta", version=version)
     vae.save_config(str(model_dir / "vae"))
     encoder = build_text_encoder(size, device="meta")
     encoder.config.save_pretrained(str(model_dir / "text_encoder"))

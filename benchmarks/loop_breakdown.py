@@ -85,7 +85,8 @@ def main() -> int:
 
     from ray_ltx.config import load_config
     from ray_ltx.data.cache import LatentCache
-    from ray_ltx.model.recipe import LatentSpec, flow_matching_loss
+    from ray_ltx.model.family import LatentSpec, family_for
+    from ray_ltx.model.flow import flow_matching_loss
     from ray_ltx.train.data import build_plan, load_micro_batches, micro_batch_from_row
     from ray_ltx.train.engine import build_engine
     from ray_ltx.train.loop import prepare_transformer
@@ -115,9 +116,10 @@ def main() -> int:
     rows = [{k: v[i] for k, v in decoded.items()} for i in range(8)]
 
     started = time.monotonic()
-    transformer, trainable = prepare_transformer(config, device)
+    family = family_for(config)
+    transformer, trainable = prepare_transformer(config, family, device)
     if args.compile_mode:
-        for block in transformer.transformer_blocks:
+        for block in family.transformer_blocks(transformer):
             block.compile(mode=args.compile_mode)
     report["compile_mode"] = args.compile_mode or "default (block.compile())"
     engine = build_engine(transformer, config, device, 1)
@@ -135,7 +137,7 @@ def main() -> int:
         batch = micro_batch_from_row(rows[i % len(rows)]).to(device, compute) if from_row else gpu_batch
         generator = torch.Generator(device=device).manual_seed(1000 + i)
         with torch.autocast(device.type, dtype=compute):
-            loss = flow_matching_loss(engine.module, batch, spec, config.diffusion, generator, compute)
+            loss = flow_matching_loss(family, engine.module, batch, spec, config.diffusion, generator, compute)
         engine.backward(loss)
         if per_step_sync:
             loss_value = float(loss.detach())

@@ -131,14 +131,15 @@ def bare_rate(model_dir: Path, data_root: Path, size: str, clips: int, batch: in
     import torch
 
     from ray_ltx.data.video import decode_frames, probe, sample_frame_indices
-    from ray_ltx.model.loading import load_text_encoder, load_tokenizer, load_vae, torch_dtype
+    from ray_ltx.model.family import family_for
 
     config, _ = make_config(model_dir, None, data_root.parent / "unused-cache", size, {})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    vae = load_vae(config, device)
-    encoder = load_text_encoder(config, device)
-    tokenizer = load_tokenizer(config)
-    dtype = torch_dtype(config.model.vae_dtype)
+    family = family_for(config)
+    vae = family.load_vae(device)
+    encoder = family.load_text_encoder(device)
+    tokenizer = family.load_tokenizer()
+    dtype = next(vae.parameters()).dtype
     bucket = config.data.video_resolution_buckets[0]
     names = (data_root / "videos.txt").read_text().split()
     prompts = (data_root / "prompts.txt").read_text().splitlines()

@@ -14,7 +14,12 @@ latents 1x128x7x16x24 = a 49x512x768 clip = 2688 tokens; 128 text tokens of 4096
   with and without gradient checkpointing, fused AdamW. Step times
   come from the per-step metrics the loop logs to MLflow (``step_time_s``), read back after the run.
 
+With ``--version 0.9.7-13b`` the same comparison runs on the LTX-Video 13B shape (48 layers, 32 heads of 128,
+13.0B parameters): LoRA r128 eager baselines with and without checkpointing, and ray-ltx at batch 1 with
+checkpointing, at the large batch, and at the large batch as image-to-video (``--first_frame_conditioning_p 1``).
+
 Usage (GPU machine):  python benchmarks/train_bench.py --out benchmarks/results/train_h100.json
+13B:                  python benchmarks/train_bench.py --version 0.9.7-13b --big_batch 4 --out benchmarks/results/train_13b_h200.json
 CPU smoke test:       python benchmarks/train_bench.py --tiny --out /tmp/train_tiny.json
 """
 
@@ -61,6 +66,13 @@ GOALS = {
     "lora_best_batch_samples_per_s": 18.0,
     "full_b1_s_per_step": 0.15,
 }
+#: Goals of the model-family issue on the 13B shape (one H200).
+GOALS_13B = {
+    "lora_best_batch_samples_per_s": 3.1,
+    "lora_b1_ckpt_s_per_step": 0.6,
+    "lora_b1_ckpt_max_reserved_gib": 32.0,
+    "i2v_over_t2v_step_time": 1.02,
+}
 
 
 # -- the baseline: a plain diffusers + PEFT loop ------------------------------------------------------
@@ -89,12 +101,13 @@ def baseline_one(spec: dict[str, Any]) -> dict[str, Any]:
     from ray_ltx.model.tiny import build_transformer
 
     size, batch, mode, ckpt = spec["size"], spec["batch"], spec["mode"], spec["gradient_checkpointing"]
+    version = spec.get("version", "0.9.0")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     shape = SHAPES[size]
     c, f, h, w = shape["latents"]
     tokens, dim = shape["text"]
     torch.manual_seed(0)
-    model = build_transformer(size, torch.bfloat16, device)
+    model = build_transformer(size, torch.bfloat16, device, version=version)
     total_params = sum(p.numel() for p in model.parameters())
     gen = torch.Generator(device=device).manual_seed(0)
     latents = torch.randn((batch, c, f, h, w), generator=gen, device=device)
@@ -176,17 +189,17 @@ def run_baseline(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
 # -- ray-ltx: a synthetic latent cache and the real training entry point -----------------------------
 
 
-def write_model_dir(model_dir: Path, size: str) -> None:
+def write_model_dir(model_dir: Path, size: str, version: str = "0.9.0") -> None:
     """What ray-ltx training loads: transformer/ (weights) plus vae/ and text_encoder/ configs (no weights)."""
     import torch
 
     from ray_ltx.model.tiny import build_transformer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    transformer = build_transformer(size, torch.bfloat16, device, seed=0)
-    transformer.save_pretrained(str(model_dir / "transformer"), safe_serialization=True)
+    transformer = build_transformer(size, torch.bfloat16, device, seed=0, version=version)
+    transformer.save_pretrained(str(model_dir / "transformer"), safe_serialization=True, max_shard_size="10GB")
     del transformer
-    write_model_configs(model_dir, size)
+    write_model_configs(model_dir, size, version)
     if device == "cuda":
         torch.cuda.empty_cache()
 
@@ -203,11 +216,11 @@ def write_synthetic_cache(model_dir: Path, cache_dir: Path, size: str, samples: 
 
     from ray_ltx.config import load_config
     from ray_ltx.data import cache as cache_lib
-    from ray_ltx.model.loading import component_digests
+    from ray_ltx.model.family import family_for
 
     config = load_config(None, {**base_overrides(model_dir, cache_dir, size), "output_dir": str(cache_dir.parent)})
     config = config.resolved()
-    fp = cache_lib.fingerprint(config, component_digests(config))
+    fp = cache_lib.fingerprint(config, family_for(config).fingerprint())
     digest = cache_lib.fingerprint_digest(fp)
     spec = latent_spec(size)
     shape = SHAPES[size]
@@ -381,6 +394,8 @@ def main() -> int:
     parser.add_argument("--big_batch", type=int, default=8, help="the large LoRA batch")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per config (default by size)")
     parser.add_argument("--budget_s", type=float, default=560, help="stop starting configs after this")
+    parser.add_argument("--version", default="0.9.0", choices=["0.9.0", "0.9.7-13b"],
+                        help="transformer shape: the 2B default, or the 13B of 0.9.7/0.9.8")
     parser.add_argument("--_baseline", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -422,6 +437,21 @@ def main() -> int:
          "gradient_checkpointing": False, "compile": not tiny, "optimizer": "adamw" if tiny else "adamw_fused",
          "steps": 6 if tiny else 60, "warmup": 2 if tiny else 10, "baseline": "baseline_full_b1"},
     ]
+    if args.version == "0.9.7-13b":
+        baselines = [b for b in baselines if b["mode"] == "lora"]
+        lora = {"training_type": "lora", "compile": not tiny, "optimizer": "adamw" if tiny else "adamw_fused",
+                "steps": 6 if tiny else 30, "warmup": 2 if tiny else 6}
+        runs = [
+            {**lora, "name": "ray_ltx_lora_b1_ckpt_compile", "batch": 1, "gradient_checkpointing": True,
+             "baseline": "baseline_lora_b1_ckpt"},
+            {**lora, "name": f"ray_ltx_lora_b{big}_compile", "batch": big, "gradient_checkpointing": False,
+             "baseline": f"baseline_lora_b{big}"},
+            # image-to-video: every sample's first frame clean, per-token timesteps (the i2v cost)
+            {**lora, "name": f"ray_ltx_lora_b{big}_compile_i2v", "batch": big, "gradient_checkpointing": False,
+             "baseline": f"baseline_lora_b{big}", "overrides": {"first_frame_conditioning_p": 1.0}},
+        ]
+    for spec in baselines:
+        spec["version"] = args.version
     if only:
         baselines = [b for b in baselines if b["name"] in only]
         runs = [r for r in runs if r["name"] in only]
@@ -435,7 +465,8 @@ def main() -> int:
                    "bucket": SHAPES[size]["bucket"], "dtype": "bf16"},
         "environment": environment(),
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "goals": GOALS,
+        "version": args.version,
+        "goals": GOALS_13B if args.version == "0.9.7-13b" else GOALS,
         "baseline": dict(previous.get("baseline", {})),
         "ray_ltx": dict(previous.get("ray_ltx", {})),
     }
@@ -467,7 +498,7 @@ def main() -> int:
         model_dir, cache_dir = work / "model", work / "cache"
         started = time.monotonic()
         if not (model_dir / "transformer").exists():
-            write_model_dir(model_dir, size)
+            write_model_dir(model_dir, size, args.version)
         cache = write_synthetic_cache(model_dir, cache_dir, size, samples=max(32, 4 * big))
         report["ray_ltx_setup"] = {"model_dir": "transformer weights + vae/text_encoder configs", **cache,
                                    "setup_s": round(time.monotonic() - started, 1)}
@@ -506,7 +537,7 @@ def main() -> int:
             entry["baseline_config"] = spec["baseline"]
             entry["speedup_vs_baseline"] = round(base["s_per_step_median"] / entry["s_per_step_median"], 3)
             entry["time_ratio_ray_ltx_over_baseline"] = round(entry["s_per_step_median"] / base["s_per_step_median"], 3)
-    report["goals_met"] = goals_met(report, big)
+    report["goals_met"] = goals_met_13b(report, big) if args.version == "0.9.7-13b" else goals_met(report, big)
     write_json(out, report)
     print_table(report)
     return 0
@@ -534,6 +565,30 @@ def goals_met(report: dict[str, Any], big: int) -> dict[str, Any]:
         "lora_best_batch_samples_per_s": check(bb.get("samples_per_s"), GOALS["lora_best_batch_samples_per_s"],
                                                below=False),
         "full_b1_s_per_step": check(full.get("s_per_step_median"), GOALS["full_b1_s_per_step"]),
+    }
+
+
+def goals_met_13b(report: dict[str, Any], big: int) -> dict[str, Any]:
+    runs = report["ray_ltx"]
+    ckpt = runs.get("ray_ltx_lora_b1_ckpt_compile", {})
+    t2v, i2v = runs.get(f"ray_ltx_lora_b{big}_compile", {}), runs.get(f"ray_ltx_lora_b{big}_compile_i2v", {})
+    best = max((r for name, r in runs.items() if name.startswith("ray_ltx_lora_") and not name.endswith("_i2v")),
+               key=lambda r: r.get("samples_per_s") or 0, default={})
+    ratio = (round(i2v["s_per_step_median"] / t2v["s_per_step_median"], 4)
+             if i2v.get("s_per_step_median") and t2v.get("s_per_step_median") else None)
+
+    def check(value, limit, below=True):
+        if value is None:
+            return {"value": None, "goal": limit, "met": None}
+        return {"value": value, "goal": limit, "met": value <= limit if below else value >= limit}
+
+    return {
+        "lora_best_batch_samples_per_s": check(best.get("samples_per_s"), GOALS_13B["lora_best_batch_samples_per_s"],
+                                               below=False),
+        "lora_b1_ckpt_s_per_step": check(ckpt.get("s_per_step_median"), GOALS_13B["lora_b1_ckpt_s_per_step"]),
+        "lora_b1_ckpt_max_reserved_gib": check(ckpt.get("max_memory_reserved_gib"),
+                                               GOALS_13B["lora_b1_ckpt_max_reserved_gib"]),
+        "i2v_over_t2v_step_time": check(ratio, GOALS_13B["i2v_over_t2v_step_time"]),
     }
 
 

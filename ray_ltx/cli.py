@@ -146,8 +146,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from ray_ltx.model.tiny import write_pipeline
 
-    path = write_pipeline(args.out, size="full" if args.full_size else "tiny", seed=args.seed)
-    print(f"wrote a {'full-size' if args.full_size else 'tiny'} LTX-Video pipeline (random weights) to {path}")
+    path = write_pipeline(args.out, size="full" if args.full_size else "tiny", seed=args.seed, version=args.version)
+    print(f"wrote a {'full-size' if args.full_size else 'tiny'} LTX-Video {args.version} pipeline (random weights) "
+          f"to {path}")
     return 0
 
 
@@ -160,22 +161,34 @@ def cmd_make_sample_data(args: argparse.Namespace) -> int:
 
 
 def add_generate_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="Lightricks/LTX-Video", help="hub id or directory of an LTX-Video pipeline")
+    parser.add_argument("--model", default="Lightricks/LTX-Video",
+                        help="Hub id, pipeline folder or single-file .safetensors of the base model [default: %(default)s]")
+    parser.add_argument("--base_model", default=None, help="with a single-file --model: the diffusers folder or Hub "
+                        "id of the same version for the other components [default: the detected version's repo]")
+    parser.add_argument("--model_name", default="auto", choices=["auto", "ltx_video"],
+                        help="model family [default: %(default)s, detected from the checkpoint]")
+    parser.add_argument("--variant", default="auto", choices=["auto", "dev", "distilled"],
+                        help="dev or distilled checkpoint (sets the default steps and guidance) [default: %(default)s]")
     parser.add_argument("--lora", help="LoRA: a ray-ltx output dir, a safetensors file, or runs:/<run_id>/<path>")
-    parser.add_argument("--lora_scale", type=float, default=1.0, help="LoRA strength")
+    parser.add_argument("--lora_scale", type=float, default=1.0, help="LoRA strength [default: %(default)s]")
     parser.add_argument("--prompt", action="append", help="prompt (repeat for several videos)")
     parser.add_argument("--prompts_file", help="file with one prompt a line: batch mode, spread over GPUs")
+    parser.add_argument("--image", help="image-to-video: the first frame (scaled and centre-cropped to the size)")
     parser.add_argument("--negative_prompt", default="", help="negative prompt")
-    parser.add_argument("--num_frames", type=int, default=49)
-    parser.add_argument("--height", type=int, default=512)
-    parser.add_argument("--width", type=int, default=768)
-    parser.add_argument("--steps", type=int, default=30, help="denoising steps")
-    parser.add_argument("--guidance_scale", type=float, default=3.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fps", type=int, default=24, help="frame rate of the written mp4")
-    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
-    parser.add_argument("--out", default="video.mp4", help="output mp4 (batch mode: output directory)")
-    parser.add_argument("--num_gpus", type=int, default=None, help="batch mode: GPUs to spread prompts over")
+    parser.add_argument("--num_frames", type=int, default=49, help="frames, 8k+1 [default: %(default)s]")
+    parser.add_argument("--height", type=int, default=512, help="multiple of 32 [default: %(default)s]")
+    parser.add_argument("--width", type=int, default=768, help="multiple of 32 [default: %(default)s]")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps [default: the checkpoint's: 30, a distilled one 8]")
+    parser.add_argument("--guidance_scale", type=float, default=None,
+                        help="classifier-free guidance [default: the checkpoint's: 3.0, a distilled one 1.0]")
+    parser.add_argument("--seed", type=int, default=0, help="[default: %(default)s]")
+    parser.add_argument("--fps", type=int, default=24, help="frame rate of the written mp4 [default: %(default)s]")
+    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
+                        help="[default: bf16 on GPU, fp32 on CPU]")
+    parser.add_argument("--out", default="video.mp4", help="output mp4 (batch mode: output directory) [default: %(default)s]")
+    parser.add_argument("--num_gpus", type=int, default=None, help="batch mode: GPUs to spread prompts over "
+                        "[default: all the cluster has]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", required=True, help="output directory")
     tiny.add_argument("--full-size", action="store_true", help="diffusers default (full-size) configs")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--version", default="0.9.0", choices=["0.9.0", "0.9.1", "0.9.5", "0.9.7-13b"],
+                      help="which release's configuration [default: %(default)s]")
 
     samples = command("make-sample-data", cmd_make_sample_data, "Write sample videos in the finetrainers layout.")
     samples.add_argument("--out", required=True, help="output directory")

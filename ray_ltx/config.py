@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from ray_ltx.data.buckets import Bucket
+from ray_ltx.data.buckets import FRAME_MULTIPLE, SIDE_MULTIPLE, Bucket
 from ray_ltx.errors import ConfigError
 from ray_ltx.storage import join
 
@@ -51,18 +51,27 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    model_name: Literal["ltx_video"] = "ltx_video"
-    """Model family to train; ray-ltx trains LTX-Video."""
+    model_name: Literal["auto", "ltx_video"] = "auto"
+    """Model family: 'auto' detects it from the checkpoint (model_index.json, the transformer config or the
+    single file's tensors); 'ltx_video' is LTX-Video 0.9.x (finetrainers' name)."""
     pretrained_model_name_or_path: str = "Lightricks/LTX-Video"
-    """Hugging Face hub id or local directory of a diffusers LTX-Video pipeline."""
+    """Hub id, local diffusers pipeline folder, or a single-file .safetensors checkpoint (e.g.
+    ltxv-13b-0.9.7-dev.safetensors: its transformer; the other components come from base_model_name_or_path)."""
+    base_model_name_or_path: str | None = None
+    """With a single-file checkpoint: the diffusers folder or Hub id of the same version that supplies the VAE, text
+    encoder, tokenizer, scheduler and configs; default: the Lightricks repo of the detected version."""
+    model_variant: Literal["auto", "dev", "distilled"] = "auto"
+    """dev or distilled checkpoint (distilled: validation and generate default to 8 steps without guidance); 'auto'
+    reads it from the checkpoint's name."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) of the pretrained model."""
     transformer_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Dtype the transformer computes in (and stores frozen weights in, unless upcasting is on)."""
-    vae_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
-    """Dtype of the VAE when encoding latents and decoding validation videos."""
-    text_encoder_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
-    """Dtype of the T5 text encoder when encoding prompts."""
+    vae_dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Dtype of the VAE when encoding latents and decoding validation videos; auto: bf16 on GPUs, fp32 on CPUs
+    (where bf16 3D convolutions are ~100x slower)."""
+    text_encoder_dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Dtype of the text encoder when encoding prompts; auto: bf16 on GPUs, fp32 on CPUs."""
     layerwise_upcasting_modules: list[Literal["transformer"]] = Field(default_factory=list)
     """Modules whose frozen weights are stored in float8 and upcast per layer for compute."""
     layerwise_upcasting_storage_dtype: Literal["float8_e4m3fn", "float8_e5m2"] = "float8_e4m3fn"
@@ -117,8 +126,10 @@ class DataConfig(_Section):
 
 
 class DiffusionConfig(_Section):
-    flow_weighting_scheme: Literal["none", "sigma_sqrt", "logit_normal", "mode", "cosmap"] = "none"
-    """How sigmas are drawn and the loss weighted (SD3 flow-matching schemes)."""
+    flow_weighting_scheme: Literal["none", "sigma_sqrt", "logit_normal", "mode", "cosmap", "shifted_logit_normal"] = (
+        "none")
+    """How sigmas are drawn and the loss weighted: the SD3 flow-matching schemes, or LTX-Video-Trainer's
+    shifted_logit_normal (logit-normal shifted by the clip's token count: 0.95 at 1024 tokens, 2.05 at 4096)."""
     flow_logit_mean: float = 0.0
     """Mean of the logit-normal sigma distribution."""
     flow_logit_std: float = Field(default=1.0, gt=0)
@@ -169,6 +180,9 @@ class TrainingConfig(_Section):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     """torch.compile mode for --compile; reduce-overhead replays each block as a CUDA graph: fastest at small
     batches on GPU, where launching kernels bounds the step (costs some memory)."""
+    first_frame_conditioning_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Image-to-video training: probability per sample that the first latent frame stays clean (sigma 0, left out
+    of the loss), as the image-to-video and condition pipelines use it at inference."""
     nan_policy: Literal["stop", "skip"] = "stop"
     """On a NaN/inf loss: stop with a message naming the step, or skip the step and count it."""
     max_skipped_steps: int = Field(default=10, ge=0)
@@ -215,10 +229,16 @@ class ValidationConfig(_Section):
     """Default width of validation videos."""
     validation_num_frames: int = Field(default=49, gt=0)
     """Default frame count of validation videos."""
-    validation_inference_steps: int = Field(default=30, gt=0)
-    """Denoising steps per validation video."""
-    validation_guidance_scale: float = Field(default=3.0, ge=0)
-    """Classifier-free guidance scale of validation videos."""
+    validation_images: list[str] = Field(default_factory=list)
+    """Image-to-video validation: one first-frame image per validation prompt (paths), in prompt order."""
+    validation_inference_steps: int | None = Field(default=None, gt=0)
+    """Denoising steps per validation video; default: the checkpoint's (30, a distilled one 8)."""
+    validation_guidance_scale: float | None = Field(default=None, ge=0)
+    """Classifier-free guidance scale of validation videos; default: the checkpoint's (3.0, a distilled one 1.0)."""
+    decode_timestep: float | None = Field(default=None, ge=0, le=1)
+    """Timestep the VAE decodes at (0.9.1 and later); default 0.05, as Lightricks recommends."""
+    decode_noise_scale: float | None = Field(default=None, ge=0, le=1)
+    """Noise mixed into the latents before decoding (0.9.1 and later); default 0.025."""
     validation_seed: int = 0
     """Seed of validation noise, fixed so successive validations are comparable."""
     validation_loss_steps: int | None = Field(default=None, gt=0)
@@ -298,6 +318,13 @@ class Config(BaseModel):
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:
         training = self.training
+        v = self.validation
+        for name, value, multiple, offset in (("validation_height", v.validation_height, SIDE_MULTIPLE, 0),
+                                              ("validation_width", v.validation_width, SIDE_MULTIPLE, 0),
+                                              ("validation_num_frames", v.validation_num_frames, FRAME_MULTIPLE, 1)):
+            if (value - offset) % multiple:
+                form = f"{multiple}k+1 (9, 17, ..., 49, ...)" if offset else f"a multiple of {multiple}"
+                raise ValueError(f"--{name} {value}: the pipeline needs {form}")
         if training.training_type == "full-finetune":
             # Compared with the defaults (not "was it given"), so a saved full-finetune config reloads.
             defaults = TrainingConfig()
@@ -339,14 +366,16 @@ class Config(BaseModel):
 
         Workers run in other directories (and on other nodes), so relative paths and the
         cwd-based default tracking store are resolved once, on the driver, before anything ships.
-        The model path stays a hub id unless it names an existing local directory.
+        The model paths stay Hub ids unless they name an existing local folder or file.
         """
         from ray_ltx.storage import absolute, is_uri
 
         data = self.to_dict()
-        model = data["model"]["pretrained_model_name_or_path"]
-        if not is_uri(model) and Path(model).expanduser().is_dir():
-            data["model"]["pretrained_model_name_or_path"] = str(Path(model).expanduser().resolve())
+        for key in ("pretrained_model_name_or_path", "base_model_name_or_path"):
+            model = data["model"][key]
+            if model and not is_uri(model) and Path(model).expanduser().exists():
+                data["model"][key] = str(Path(model).expanduser().resolve())
+        data["validation"]["validation_images"] = [absolute(p) for p in data["validation"]["validation_images"]]
         data["output_dir"] = absolute(self.output_dir)
         for section, key in (("data", "data_root"), ("data", "dataset_file"), ("data", "cache_dir"),
                              ("distributed", "storage_path"), ("validation", "validation_prompts_file")):

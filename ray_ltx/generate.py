@@ -1,6 +1,7 @@
-"""Inference with diffusers' LTXPipeline: one video, or a prompt file spread over GPUs with Ray Data.
+"""Inference with the model family's diffusers pipeline: one video, or a prompt file spread over GPUs with Ray Data.
 
-Equivalent to the diffusers example users know::
+Equivalent to the diffusers example users know (LTX-Video; with ``--image``, ``LTXConditionPipeline`` or
+``LTXImageToVideoPipeline`` and ``image=``)::
 
     pipe = LTXPipeline.from_pretrained(model)
     pipe.load_lora_weights(lora_dir, adapter_name="ltxv-lora")
@@ -39,35 +40,49 @@ def resolve_lora(lora: str) -> str:
 
 
 def _dtype(name: str | None, device: torch.device) -> torch.dtype:
-    from ray_ltx.model.loading import torch_dtype
+    from ray_ltx.model.family import torch_dtype
 
     if name:
         return torch_dtype(name)
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def load_pipeline(model: str, lora: str | None = None, lora_scale: float = 1.0, dtype: str | None = None,
-                  device: torch.device | None = None):
-    from diffusers import LTXPipeline
+def model_family(model: str, base_model: str | None = None, model_name: str = "auto", variant: str = "auto"):
+    """The model family of ``model`` (a Hub id, a pipeline folder or a single file), as training resolves it."""
+    from ray_ltx.config import build_config
+    from ray_ltx.model.family import family_for
 
+    config = build_config({"pretrained_model_name_or_path": model, "base_model_name_or_path": base_model,
+                           "model_name": model_name, "model_variant": variant}, source="ray-ltx generate")
+    return family_for(config.resolved())
+
+
+def load_pipeline(model: str, lora: str | None = None, lora_scale: float = 1.0, dtype: str | None = None,
+                  device: torch.device | None = None, image_to_video: bool = False, base_model: str | None = None,
+                  model_name: str = "auto", variant: str = "auto"):
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        pipe = LTXPipeline.from_pretrained(model, dtype=_dtype(dtype, device), use_safetensors=True)
-    except OSError as error:
-        raise ConfigError(f"--model {model}: cannot load an LTX-Video pipeline ({error})") from None
+    family = model_family(model, base_model, model_name, variant)
+    pipe = family.pipeline(device, _dtype(dtype, device), image_to_video=image_to_video)
     if lora:
         pipe.load_lora_weights(resolve_lora(lora), adapter_name=ADAPTER_NAME)
         pipe.set_adapters([ADAPTER_NAME], [lora_scale])
-    return pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device), family
 
 
-def render(pipe, prompt: str, *, negative_prompt: str = "", num_frames: int = 49, height: int = 512,
-           width: int = 768, steps: int = 30, guidance_scale: float = 3.0, seed: int = 0):
+def render(pipe, family, prompt: str, *, negative_prompt: str = "", num_frames: int = 49, height: int = 512,
+           width: int = 768, steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
+           image: str | None = None):
     """Frames (F, H, W, 3) float in [0, 1]; the same seed gives the same frames."""
+    from ray_ltx.train.validation import load_image
+
+    defaults = family.inference_defaults()
     generator = torch.Generator(device="cpu").manual_seed(seed)
+    extra = {"image": load_image(image, height, width)} if image else {}
     return pipe(prompt=prompt, negative_prompt=negative_prompt or None, num_frames=num_frames, height=height,
-                width=width, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generator,
-                output_type="np").frames[0]
+                width=width, num_inference_steps=steps or defaults["num_inference_steps"],
+                guidance_scale=defaults["guidance_scale"] if guidance_scale is None else guidance_scale,
+                generator=generator, output_type="np", **family.pipeline_kwargs(), **extra).frames[0]
 
 
 def write_mp4(frames, path: str | Path, fps: int) -> Path:
@@ -84,13 +99,22 @@ def write_mp4(frames, path: str | Path, fps: int) -> Path:
     return write_video(path, frames, fps=fps)
 
 
-def generate_video(*, model: str, prompt: str, out: str, lora: str | None = None, lora_scale: float = 1.0,
-                   negative_prompt: str = "", num_frames: int = 49, height: int = 512, width: int = 768,
-                   steps: int = 30, guidance_scale: float = 3.0, seed: int = 0, fps: int = 24,
-                   dtype: str | None = None) -> Path:
-    pipe = load_pipeline(model, lora, lora_scale, dtype)
-    frames = render(pipe, prompt, negative_prompt=negative_prompt, num_frames=num_frames, height=height,
-                    width=width, steps=steps, guidance_scale=guidance_scale, seed=seed)
+LOAD_OPTIONS = ("model", "lora", "lora_scale", "dtype", "base_model", "model_name", "variant")
+RENDER_OPTIONS = ("negative_prompt", "num_frames", "height", "width", "steps", "guidance_scale", "image")
+
+
+def _load(options: dict[str, Any]):
+    return load_pipeline(**{k: options.get(k) for k in LOAD_OPTIONS if options.get(k) is not None},
+                         image_to_video=bool(options.get("image")))
+
+
+def generate_video(*, model: str, prompt: str, out: str, seed: int = 0, fps: int = 24, **options: Any) -> Path:
+    """One video; ``options`` are :data:`LOAD_OPTIONS` and :data:`RENDER_OPTIONS` (e.g. lora, steps, image)."""
+    unknown = set(options) - set(LOAD_OPTIONS) - set(RENDER_OPTIONS)
+    if unknown:
+        raise TypeError(f"generate_video got unknown options {sorted(unknown)}")
+    pipe, family = _load({"model": model, **options})
+    frames = render(pipe, family, prompt, seed=seed, **{k: options[k] for k in RENDER_OPTIONS if k in options})
     return write_mp4(frames, out, fps)
 
 
@@ -99,15 +123,14 @@ class _Renderer:
 
     def __init__(self, options: dict[str, Any]):
         self.options = options
-        self.pipe = load_pipeline(options["model"], options.get("lora"), options["lora_scale"], options.get("dtype"))
+        self.pipe, self.family = _load(options)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         o = self.options
         paths = []
         for index, prompt in zip(batch["index"], batch["prompt"], strict=True):
-            frames = render(self.pipe, str(prompt), negative_prompt=o["negative_prompt"], num_frames=o["num_frames"],
-                            height=o["height"], width=o["width"], steps=o["steps"],
-                            guidance_scale=o["guidance_scale"], seed=o["seed"] + int(index))
+            frames = render(self.pipe, self.family, str(prompt), seed=o["seed"] + int(index),
+                            **{k: o[k] for k in RENDER_OPTIONS if k in o})
             paths.append(str(write_mp4(frames, Path(o["out"]) / f"{int(index):04d}.mp4", o["fps"])))
         return {"index": batch["index"], "prompt": batch["prompt"], "path": paths}
 
@@ -131,8 +154,11 @@ def generate_batch(prompts: list[str], options: dict[str, Any], num_gpus: int | 
 def generate_from_args(args) -> list[Path]:
     if not args.prompt and not args.prompts_file:
         raise ConfigError("ray-ltx generate needs --prompt TEXT or --prompts_file FILE")
+    if args.image and not Path(args.image).is_file():
+        raise ConfigError(f"--image {args.image}: no such file (give the first frame of the video as an image)")
     options = {
-        "model": args.model, "lora": args.lora, "lora_scale": args.lora_scale, "dtype": args.dtype,
+        "model": args.model, "base_model": args.base_model, "model_name": args.model_name, "variant": args.variant,
+        "lora": args.lora, "lora_scale": args.lora_scale, "dtype": args.dtype, "image": args.image,
         "negative_prompt": args.negative_prompt, "num_frames": args.num_frames, "height": args.height,
         "width": args.width, "steps": args.steps, "guidance_scale": args.guidance_scale, "seed": args.seed,
         "fps": args.fps, "out": args.out,
@@ -148,7 +174,7 @@ def generate_from_args(args) -> list[Path]:
     prompts = args.prompt
     for i, prompt in enumerate(prompts):
         out = args.out if len(prompts) == 1 else str(Path(args.out).with_suffix("")) + f"_{i}.mp4"
-        path = generate_video(prompt=prompt, **{**options, "out": out, "seed": args.seed + i})
+        path = generate_video(**{**options, "out": out, "seed": args.seed + i, "prompt": prompt})
         print(f"wrote {path}")
         outputs.append(path)
     return outputs

@@ -11,7 +11,8 @@ from diffusers import LTXPipeline, LTXVideoTransformer3DModel
 from mlflow.tracking import MlflowClient
 
 from ray_ltx.data.cache import LatentCache, row_to_tensors
-from ray_ltx.model.recipe import Batch, LatentSpec, heldout_loss
+from ray_ltx.model.family import Batch, LatentSpec, family_for
+from ray_ltx.model.flow import heldout_loss
 from ray_ltx.train.driver import train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
@@ -19,13 +20,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 PROMPT = "BW_STYLE A red circle moves from left to right across a plain black background."
 
 
-def _sample_loss(transformer, cache_dir: Path) -> float:
+def _sample_loss(transformer, cache_dir: Path, model: Path) -> float:
     """The held-out loss (fixed sigmas and noise) on the first training sample: deterministic for given weights."""
     cache = LatentCache.open(str(cache_dir))
     sample = row_to_tensors(cache.read([cache.sample_ids("17x64x96")[0]])[0])
     batch = Batch(sample["latents"][None], sample["prompt_embeds"][None], sample["prompt_attention_mask"][None])
     spec = LatentSpec.from_dict(cache.manifest.latent_spec)
-    return heldout_loss(transformer.eval(), batch, spec, 25.0, seed=0, compute_dtype=torch.float32)
+    from ray_ltx.config import build_config
+
+    family = family_for(build_config({"pretrained_model_name_or_path": str(model)}))
+    return heldout_loss(family, transformer.eval(), batch, spec, 25.0, seed=0, compute_dtype=torch.float32)
 
 
 def _frames(pipe) -> torch.Tensor:
@@ -54,7 +58,7 @@ def test_lora_learns_exports_and_loads_in_diffusers(make_config, tiny_model: Pat
     assert sorted(_metric_steps(uri, result.mlflow_run_id)) == list(range(1, 9))
 
     base = LTXVideoTransformer3DModel.from_pretrained(tiny_model, subfolder="transformer")
-    before = _sample_loss(base, shared_cache)
+    before = _sample_loss(base, shared_cache, tiny_model)
     pipe = LTXPipeline.from_pretrained(tiny_model)
     reference = _frames(pipe)
     # The seed's inference snippet, with the tiny model in place of the hub id.
@@ -62,7 +66,7 @@ def test_lora_learns_exports_and_loads_in_diffusers(make_config, tiny_model: Pat
     pipe.set_adapters(["ltxv-lora"], [0.75])
     assert not torch.allclose(_frames(pipe), reference, atol=1e-4)
     pipe.set_adapters(["ltxv-lora"], [1.0])
-    after = _sample_loss(pipe.transformer, shared_cache)
+    after = _sample_loss(pipe.transformer, shared_cache, tiny_model)
     assert after < before, (before, after)
 
 
@@ -70,7 +74,7 @@ def test_full_finetune_learns_and_loads_with_from_pretrained(make_config, tiny_m
     result = train(make_config(training_type="full-finetune", train_steps=6, lr=5e-4, checkpointing_steps=3, optimizer="adamw"))
     finetuned = LTXVideoTransformer3DModel.from_pretrained(Path(result.output_dir) / "transformer")
     base = LTXVideoTransformer3DModel.from_pretrained(tiny_model, subfolder="transformer")
-    assert _sample_loss(finetuned, shared_cache) < _sample_loss(base, shared_cache)
+    assert _sample_loss(finetuned, shared_cache, tiny_model) < _sample_loss(base, shared_cache, tiny_model)
 
 
 @pytest.mark.parametrize("stage,training_type", [(2, "lora"), (3, "full-finetune")])
@@ -111,7 +115,7 @@ def test_stopped_run_resumes_at_the_right_step(make_config, tmp_path: Path) -> N
 
 def test_weighting_schemes_and_schedules() -> None:
     from ray_ltx.config import build_config
-    from ray_ltx.model.recipe import loss_weights, sample_sigmas
+    from ray_ltx.model.flow import loss_weights, sample_sigmas
     from ray_ltx.train.optim import build_optimizer, build_scheduler
 
     generator = torch.Generator().manual_seed(0)

@@ -73,16 +73,17 @@ def tensor_from_bytes(data: bytes, shape: Sequence[int], dtype: str) -> torch.Te
 # -- the fingerprint: what a cache was made for --------------------------------------------------
 
 
-def fingerprint(config: Config, digests: dict[str, str]) -> dict[str, Any]:
+def fingerprint(config: Config, model: dict[str, Any]) -> dict[str, Any]:
+    """What a cache was made for: the model family's facts (version, VAE and text-encoder configs) and the
+    preprocessing settings."""
     data = config.data
     return {
         "format_version": FORMAT_VERSION,
+        **model,
         "model": storage.absolute(config.model.pretrained_model_name_or_path)
         if storage.exists(config.model.pretrained_model_name_or_path)
         else config.model.pretrained_model_name_or_path,
         "revision": config.model.revision,
-        "vae_config": digests["vae"],
-        "text_encoder_config": digests["text_encoder"],
         "vae_dtype": config.model.vae_dtype,
         "text_encoder_dtype": config.model.text_encoder_dtype,
         "id_token": data.id_token,
@@ -96,11 +97,23 @@ def fingerprint_digest(fp: dict[str, Any]) -> str:
 
 
 def describe_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
-    return [
+    problems = []
+    if expected.get("model_version") != found.get("model_version") or expected.get("family") != found.get("family"):
+        problems.append(
+            f"model: the cache holds latents of {_model_name(found)}, this run trains {_model_name(expected)}, "
+            "whose VAE encodes differently: rebuild the cache for it")
+    problems += [
         f"{key}: cache has {found.get(key)!r}, config wants {expected.get(key)!r}"
         for key in sorted(set(expected) | set(found))
-        if expected.get(key) != found.get(key)
+        if expected.get(key) != found.get(key) and key not in ("model_version", "family")
     ]
+    return problems
+
+
+def _model_name(fp: dict[str, Any]) -> str:
+    if not fp.get("model_version"):
+        return "an unrecorded model version (a cache of an earlier ray-ltx)"
+    return f"{fp.get('family', 'ltx_video')} {fp['model_version']}"
 
 
 # -- shards ----------------------------------------------------------------------------------------

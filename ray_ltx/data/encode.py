@@ -1,9 +1,10 @@
 """Encoders run as Ray Data actors: one model copy per actor, loaded once, batches in, bytes out.
 
 :class:`VaeEncoder` turns decoded clips into VAE latents, one VAE call per bucket shape;
-:class:`PromptEncoder` turns captions into T5 embeddings exactly as ``LTXPipeline`` encodes a
-prompt (padding to ``max_sequence_length``, truncation counted). Both run on a GPU when the actor
-was given one and on the CPU otherwise (that is what the tests run).
+:class:`PromptEncoder` turns captions into prompt embeddings exactly as the model family's pipeline
+encodes a prompt (padding to ``max_sequence_length``, truncation counted). The models and how they
+are called come from the family (:mod:`ray_ltx.model.family`). Both run on a GPU when the actor was
+given one and on the CPU otherwise (that is what the tests run).
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import torch
 
 from ray_ltx.config import Config
 from ray_ltx.data.cache import tensor_to_bytes
-from ray_ltx.model.loading import load_text_encoder, load_tokenizer, load_vae, torch_dtype
-from ray_ltx.model.recipe import LatentSpec
+from ray_ltx.model.family import family_for
 
 #: Row statuses flowing through the pipeline.
 OK = "ok"
@@ -36,17 +36,13 @@ class VaeEncoder:
     def __init__(self, config: dict[str, Any]):
         self.config = Config.from_dict(config)
         self.device = _device()
-        self.vae = load_vae(self.config, self.device)
-        self.dtype = torch_dtype(self.config.model.vae_dtype)
+        self.encoder = family_for(self.config).video_encoder(self.device)
         self.batch_size = self.config.data.encode_batch_size
-        self.spec = json.dumps(LatentSpec.from_vae(self.vae).to_dict())
+        self.spec = json.dumps(self.encoder.latent_spec.to_dict())
 
-    @torch.inference_mode()
     def encode(self, frames: np.ndarray) -> torch.Tensor:
         """(B, F, H, W, 3) uint8 -> (B, C, F', H', W') latents in the VAE dtype."""
-        video = torch.from_numpy(frames).to(self.device, non_blocking=True)
-        video = video.permute(0, 4, 1, 2, 3).to(self.dtype).div_(127.5).sub_(1.0)
-        return self.vae.encode(video).latent_dist.mode()
+        return self.encoder.encode(torch.from_numpy(frames))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         n = len(batch["sample_id"])
@@ -70,24 +66,18 @@ class VaeEncoder:
 
 
 class PromptEncoder:
-    """Captions -> T5 prompt embeddings and attention masks, as ``LTXPipeline.encode_prompt`` makes them."""
+    """Captions -> prompt embeddings and attention masks, as the family's pipeline makes them."""
 
     def __init__(self, config: dict[str, Any]):
         self.config = Config.from_dict(config)
         self.device = _device()
-        self.tokenizer = load_tokenizer(self.config)
-        self.text_encoder = load_text_encoder(self.config, self.device)
+        self.encoder = family_for(self.config).prompt_encoder(self.device)
         self.max_length = self.config.data.max_sequence_length
         self.batch_size = 4 * self.config.data.encode_batch_size
 
-    @torch.inference_mode()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
-        inputs = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
-                                add_special_tokens=True, return_tensors="pt")
-        full_lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=True)["input_ids"]]
-        # LTXPipeline runs the encoder without the attention mask; do the same so training sees what inference sees.
-        embeds = self.text_encoder(inputs.input_ids.to(self.device))[0]
-        return embeds, inputs.attention_mask.bool(), [length > self.max_length for length in full_lengths]
+        encoded = self.encoder.encode(prompts, self.max_length)
+        return encoded.embeds, encoded.mask, encoded.truncated
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         n = len(batch["sample_id"])

@@ -252,13 +252,15 @@ def _encoded_batches(config: Config, rows: list[dict[str, Any]], cache_dir: str,
 def preprocess(config: Config) -> cache_lib.Manifest:
     """Build (or complete) the latent cache for ``config`` and return its manifest."""
     from ray_ltx.cluster import init_ray
-    from ray_ltx.model.loading import component_digests
+    from ray_ltx.model.family import family_for
 
     started = time.monotonic()
     config = config.resolved()
     cache_dir = config.cache_dir
     records, listing_skips, layout = read_records(config)
-    fp = cache_lib.fingerprint(config, component_digests(config))
+    family = family_for(config)
+    family.check_training()
+    fp = cache_lib.fingerprint(config, family.fingerprint())
     digest = cache_lib.fingerprint_digest(fp)
     existing = cache_lib.read_manifest(cache_dir)
     headers = [cache_lib.read_shard_header(cache_dir, rel) for rel in cache_lib.existing_shards(cache_dir)]
@@ -351,14 +353,14 @@ def format_summary(manifest: cache_lib.Manifest, cache_dir: str) -> str:
 
 def ensure_cache(config: Config) -> cache_lib.LatentCache:
     """The cache training reads: brought up to date when the dataset is at hand, else checked as is."""
-    from ray_ltx.model.loading import component_digests
+    from ray_ltx.model.family import family_for
 
     cache_dir = storage.absolute(config.cache_dir)
     if config.data.data_root:
         preprocess(config)
         return cache_lib.LatentCache.open(cache_dir)
     latent_cache = cache_lib.LatentCache.open(cache_dir)
-    fp = cache_lib.fingerprint(config, component_digests(config))
+    fp = cache_lib.fingerprint(config, family_for(config).fingerprint())
     problems = cache_lib.describe_mismatch(fp, latent_cache.manifest.fingerprint)
     wanted = {str(b) for b in config.data.video_resolution_buckets}
     if not wanted & set(latent_cache.manifest.buckets):

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from ray_ltx.config import Config
 ADAPTER = "default"
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
 COMFYUI_WEIGHTS = "comfyui_lora_weights.safetensors"
-_ADAPTER_INFIX = re.compile(rf"\.(lora_[AB])\.{ADAPTER}\.")
 
 
 def lora_config(config: Config):
@@ -57,36 +55,38 @@ def add_lora(transformer: nn.Module, config: Config) -> int:
     return count
 
 
-def peft_state_dict(trainable: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Trainable parameter names (``...lora_A.default.weight``) -> PEFT's saved names (``...lora_A.weight``)."""
-    return {_ADAPTER_INFIX.sub(r".\1.", name): tensor for name, tensor in trainable.items() if ".lora_" in name}
+def peft_state_dict(model: nn.Module, trainable: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Trainable parameter names (``...lora_A.default.weight``) -> PEFT's saved names (``...lora_A.weight``),
+    through PEFT's own state-dict API (``model`` carries the adapter's config)."""
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model, state_dict=trainable, adapter_name=ADAPTER)
 
 
-def save_diffusers_lora(output_dir: str | Path, weights: dict[str, torch.Tensor], config: Config,
-                        dtype: torch.dtype | None = None) -> Path:
-    """Write ``pytorch_lora_weights.safetensors`` as ``LTXPipeline.save_lora_weights`` does."""
-    from diffusers import LTXPipeline
-
-    layers = {k: (v.to(dtype) if dtype else v).contiguous() for k, v in peft_state_dict(weights).items()}
+def adapter_metadata(config: Config) -> dict[str, Any]:
     metadata = lora_config(config).to_dict()
     metadata["target_modules"] = sorted(metadata["target_modules"])
-    LTXPipeline.save_lora_weights(
-        str(output_dir), transformer_lora_layers=layers, transformer_lora_adapter_metadata=_jsonable(metadata),
-        safe_serialization=True,
-    )
-    return Path(output_dir) / DIFFUSERS_WEIGHTS
+    return _jsonable(metadata)
+
+
+def save_diffusers_lora(output_dir: str | Path, model: nn.Module, weights: dict[str, torch.Tensor], config: Config,
+                        family, dtype: torch.dtype | None = None) -> Path:
+    """Write ``pytorch_lora_weights.safetensors`` as the family's pipeline ``save_lora_weights`` does."""
+    layers = {k: (v.to(dtype) if dtype else v).contiguous() for k, v in peft_state_dict(model, weights).items()}
+    return family.save_lora(Path(output_dir), layers, adapter_metadata(config))
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
     return {k: (sorted(v) if isinstance(v, set) else v) for k, v in data.items()}
 
 
-def to_comfyui(diffusers_weights: dict[str, torch.Tensor], rank: int, alpha: float) -> dict[str, torch.Tensor]:
+def to_comfyui(diffusers_weights: dict[str, torch.Tensor], rank: int, alpha: float,
+               prefix: str = "diffusion_model.") -> dict[str, torch.Tensor]:
     """diffusers keys (``transformer.``) -> ComfyUI keys (``diffusion_model.``), alpha/rank folded into lora_B."""
     scale = alpha / rank
     out = {}
     for key, tensor in diffusers_weights.items():
-        name = "diffusion_model." + key.removeprefix("transformer.")
+        name = prefix + key.removeprefix("transformer.")
         out[name] = tensor * scale if ".lora_B." in key else tensor
     return {k: v.contiguous() for k, v in out.items()}
 

@@ -2,8 +2,11 @@
 
 "tiny" is small enough for CPU tests and demos yet keeps the real VAE compression (32x spatial, 8x temporal),
 so every bucket valid for it is valid for Lightricks/LTX-Video too. "full" has the real shapes (diffusers'
-default LTX-Video transformer and VAE, a T5-XXL-shaped text encoder) for GPU benchmarks. Either is written as a
-diffusers pipeline directory that loads exactly like a local copy of Lightricks/LTX-Video.
+LTX-Video transformer and VAE configs, a T5-XXL-shaped text encoder) for GPU benchmarks. Each LTX-Video version
+has its own configuration (:data:`VERSIONS`): 0.9.0 (no VAE timestep conditioning), 0.9.1 (a timestep-conditioned
+decoder), 0.9.5 (the new encoder as well, the 2B transformer) and 0.9.7-13b (that VAE and the 13B transformer
+shape: 48 layers, 32 heads of 128, cross-attention 4096). Either size is written as a diffusers pipeline directory
+that loads exactly like a local copy of the Lightricks repo of that version, or as a Lightricks single file.
 """
 
 import contextlib
@@ -30,6 +33,8 @@ from tokenizers.models import Unigram
 from transformers import T5Config, T5EncoderModel, T5TokenizerFast
 
 Size = Literal["tiny", "full"]
+Version = Literal["0.9.0", "0.9.1", "0.9.5", "0.9.7-13b"]
+VERSIONS: tuple[str, ...] = ("0.9.0", "0.9.1", "0.9.5", "0.9.7-13b")
 
 # Rows of the tiny text encoder's embedding: room for every piece of `build_tokenizer`, as T5-XXL has 32128
 # rows for its 32100 pieces.
@@ -58,6 +63,59 @@ _TINY_VAE = {
     "decoder_spatio_temporal_scaling": (True, True, True, False),
     "patch_size": 4,
     "patch_size_t": 1,
+}
+# The 13B transformer's proportions (wider heads, cross-attention as wide as the model) at tiny size.
+_TINY_TRANSFORMER_13B = {**_TINY_TRANSFORMER, "attention_head_dim": 64, "cross_attention_dim": 128, "num_layers": 3}
+# 0.9.1: the decoder upsamples with residuals and is conditioned on the timestep (decode_timestep).
+_TINY_VAE_091 = {
+    **_TINY_VAE,
+    "decoder_block_out_channels": (16, 32, 64),
+    "decoder_layers_per_block": (1, 1, 1, 1),
+    "decoder_spatio_temporal_scaling": (True, True, True),
+    "decoder_inject_noise": (True, True, True, False),
+    "upsample_residual": (True, True, True),
+    "upsample_factor": (2, 2, 2),
+    "timestep_conditioning": True,
+}
+# 0.9.5 and later: the new encoder (spatial, temporal and spatio-temporal downsamplings) on the 0.9.1-style decoder.
+_TINY_VAE_095 = {
+    **_TINY_VAE_091,
+    "block_out_channels": (8, 16, 32, 64, 64),
+    "down_block_types": ("LTXVideo095DownBlock3D",) * 4,
+    "layers_per_block": (1, 1, 1, 1, 1),
+    "spatio_temporal_scaling": (True, True, True, True),
+    "downsample_type": ("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
+    "decoder_inject_noise": (False, False, False, False),
+    "spatial_compression_ratio": 32,
+    "temporal_compression_ratio": 8,
+}
+# The full-size configurations of diffusers' conversion of each release (scripts/convert_ltx_to_diffusers.py).
+_FULL_VAE_091 = {
+    "block_out_channels": (128, 256, 512, 512), "decoder_block_out_channels": (256, 512, 1024),
+    "layers_per_block": (4, 3, 3, 3, 4), "decoder_layers_per_block": (5, 6, 7, 8),
+    "spatio_temporal_scaling": (True, True, True, False), "decoder_spatio_temporal_scaling": (True, True, True),
+    "decoder_inject_noise": (True, True, True, False), "upsample_residual": (True, True, True),
+    "upsample_factor": (2, 2, 2), "timestep_conditioning": True,
+}
+_FULL_VAE_095 = {
+    "block_out_channels": (128, 256, 512, 1024, 2048), "down_block_types": ("LTXVideo095DownBlock3D",) * 4,
+    "decoder_block_out_channels": (256, 512, 1024), "layers_per_block": (4, 6, 6, 2, 2),
+    "decoder_layers_per_block": (5, 5, 5, 5), "spatio_temporal_scaling": (True, True, True, True),
+    "decoder_spatio_temporal_scaling": (True, True, True), "decoder_inject_noise": (False, False, False, False),
+    "downsample_type": ("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
+    "upsample_residual": (True, True, True), "upsample_factor": (2, 2, 2), "timestep_conditioning": True,
+    "spatial_compression_ratio": 32, "temporal_compression_ratio": 8,
+}
+_FULL_TRANSFORMER_13B = {"num_attention_heads": 32, "attention_head_dim": 128, "cross_attention_dim": 4096,
+                         "num_layers": 48}
+_VAE_CONFIGS = {
+    ("tiny", "0.9.0"): _TINY_VAE, ("tiny", "0.9.1"): _TINY_VAE_091, ("tiny", "0.9.5"): _TINY_VAE_095,
+    ("tiny", "0.9.7-13b"): _TINY_VAE_095,
+    ("full", "0.9.0"): {}, ("full", "0.9.1"): _FULL_VAE_091, ("full", "0.9.5"): _FULL_VAE_095,
+    ("full", "0.9.7-13b"): _FULL_VAE_095,
+}
+_TRANSFORMER_CONFIGS = {
+    ("tiny", "0.9.7-13b"): _TINY_TRANSFORMER_13B, ("full", "0.9.7-13b"): _FULL_TRANSFORMER_13B,
 }
 _T5_V1_1 = {
     "feed_forward_proj": "gated-gelu",
@@ -175,9 +233,13 @@ def build_transformer(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
     seed: int = 0,
+    version: Version = "0.9.0",
 ) -> LTXVideoTransformer3DModel:
-    """LTX-Video denoiser; "full" is diffusers' default config (1,923,385,472 parameters)."""
-    config = _TINY_TRANSFORMER if _is_tiny(size) else {}
+    """LTX-Video denoiser; "full" 2B is diffusers' default config (1,923,385,472 parameters), 0.9.7-13b the 13B."""
+    _check(size, version)
+    config = _TRANSFORMER_CONFIGS.get((size, version), _TINY_TRANSFORMER if size == "tiny" else {})
+    if size == "tiny" and version == "0.9.7-13b":
+        config = _TINY_TRANSFORMER_13B
     with _seeded_construction(seed, dtype, device):
         return LTXVideoTransformer3DModel(**config)
 
@@ -187,11 +249,12 @@ def build_vae(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
     seed: int = 0,
+    version: Version = "0.9.0",
 ) -> AutoencoderKLLTXVideo:
-    """LTX-Video VAE; "tiny" keeps the real 32x spatial and 8x temporal compression with few channels."""
-    config = _TINY_VAE if _is_tiny(size) else {}
+    """LTX-Video VAE of a release; "tiny" keeps the real 32x spatial and 8x temporal compression with few channels."""
+    _check(size, version)
     with _seeded_construction(seed, dtype, device):
-        return AutoencoderKLLTXVideo(**config)
+        return AutoencoderKLLTXVideo(**_VAE_CONFIGS[(size, version)])
 
 
 def build_text_encoder(
@@ -210,8 +273,10 @@ def build_text_encoder(
         return T5EncoderModel(config)
 
 
-def _build_scheduler() -> FlowMatchEulerDiscreteScheduler:
-    """The scheduler config Lightricks/LTX-Video ships (diffusers' scripts/convert_ltx_to_diffusers.py)."""
+def _build_scheduler(version: str = "0.9.0") -> FlowMatchEulerDiscreteScheduler:
+    """The scheduler config each release ships (diffusers' scripts/convert_ltx_to_diffusers.py)."""
+    if version in ("0.9.5", "0.9.7-13b"):
+        return FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=False)
     return FlowMatchEulerDiscreteScheduler(
         use_dynamic_shifting=True,
         base_shift=0.95,
@@ -223,20 +288,25 @@ def _build_scheduler() -> FlowMatchEulerDiscreteScheduler:
 
 
 def write_pipeline(
-    out_dir: str | Path, size: Size = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32
+    out_dir: str | Path, size: Size = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32,
+    version: Version = "0.9.0",
 ) -> Path:
-    """Write a diffusers LTX-Video pipeline directory that `LTXPipeline.from_pretrained` loads like the real one.
+    """Write a diffusers LTX-Video pipeline directory that loads like the real one of ``version``.
 
-    The directory is built beside `out_dir` and renamed into place, so a crash never leaves a half-written
-    model; an existing `out_dir` is replaced.
+    0.9.7-13b is written as an ``LTXConditionPipeline``, as Lightricks ships it. The directory is built beside
+    `out_dir` and renamed into place, so a crash never leaves a half-written model; an existing `out_dir` is
+    replaced.
     """
+    from diffusers import LTXConditionPipeline
+
     out_dir = Path(out_dir).absolute()
-    pipeline = LTXPipeline(
-        scheduler=_build_scheduler(),
-        vae=build_vae(size, dtype, seed=seed),
+    cls = LTXConditionPipeline if version == "0.9.7-13b" else LTXPipeline
+    pipeline = cls(
+        scheduler=_build_scheduler(version),
+        vae=build_vae(size, dtype, seed=seed, version=version),
         text_encoder=build_text_encoder(size, dtype=dtype, seed=seed),
         tokenizer=build_tokenizer(),
-        transformer=build_transformer(size, dtype, seed=seed),
+        transformer=build_transformer(size, dtype, seed=seed, version=version),
     )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.with_name(f".{out_dir.name}.partial-{uuid.uuid4().hex}")
@@ -252,6 +322,36 @@ def write_pipeline(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+#: diffusers' transformer names -> Lightricks' original ones (the inverse of diffusers' single-file conversion).
+_ORIGINAL_NAMES = {"proj_in": "patchify_proj", "time_embed": "adaln_single", "norm_q": "q_norm", "norm_k": "k_norm"}
+
+
+def write_single_file(pipeline_dir: str | Path, out_path: str | Path) -> Path:
+    """The transformer of a pipeline folder as a Lightricks single-file checkpoint (``model.diffusion_model.*``
+    keys in the original naming), as ``ltxv-*.safetensors`` files are published."""
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(pipeline_dir) / "transformer"
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(shard))
+    renamed = {}
+    for key, tensor in state.items():
+        for new, old in _ORIGINAL_NAMES.items():
+            key = key.replace(new, old)
+        renamed["model.diffusion_model." + key] = tensor.contiguous()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(renamed, str(out_path), metadata={"format": "pt"})
+    return out_path
+
+
+def _check(size: str, version: str) -> None:
+    _is_tiny(size)
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
 
 
 def _is_tiny(size: str) -> bool:

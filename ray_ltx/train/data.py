@@ -121,11 +121,11 @@ def load_micro_batches(batch: dict[str, Any], cache_dir: str) -> dict[str, list[
 
 
 def micro_batch_from_row(row: dict[str, Any]):
-    """A row of the training dataset -> a :class:`~ray_ltx.model.recipe.Batch` on the CPU."""
+    """A row of the training dataset -> a :class:`~ray_ltx.model.family.Batch` on the CPU."""
     import torch
 
     from ray_ltx.data.cache import tensor_from_bytes
-    from ray_ltx.model.recipe import Batch
+    from ray_ltx.model.family import Batch
 
     mask = np.frombuffer(row["prompt_attention_mask"], dtype=np.uint8).reshape(tuple(row["mask_shape"]))
     return Batch(
@@ -147,7 +147,7 @@ def holdout_batches(cache: LatentCache, held: list[str]) -> list[Any]:
     """Held-out samples grouped into one batch per bucket (read directly: a handful of samples)."""
     import torch
 
-    from ray_ltx.model.recipe import Batch
+    from ray_ltx.model.family import Batch
 
     by_bucket: dict[str, list[str]] = {}
     bucket_of = {sid: shard.bucket for shard in cache.manifest.shards for sid in shard.sample_ids if sid}

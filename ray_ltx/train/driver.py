@@ -216,6 +216,7 @@ def train(config: Config, *, callbacks: list | None = None, parent_run_id: str |
     _prepare_output_dir(config, run_dir)
     resume_path, start_step = _resume_point(config, run_dir)
     faults.check(os.environ.get("RAY_LTX_FAULT"))
+    _check_model(config)
     uri = config.tracking_uri if tracking.enabled(config) else None
     if uri:
         tracking.check_reachable(uri)  # before any cluster or model work
@@ -276,6 +277,18 @@ def train(config: Config, *, callbacks: list | None = None, parent_run_id: str |
     if not quiet:
         print(format_summary(config, outcome))
     return outcome
+
+
+def _check_model(config: Config):
+    """The model family, and everything about the model and validation checked before any cluster work."""
+    from ray_ltx.model.family import family_for
+    from ray_ltx.train import validation
+
+    family = family_for(config)
+    family.check_training()
+    validation.check(config, family)
+    log.info("model: %s from %s", family.describe(), config.model.pretrained_model_name_or_path)
+    return family
 
 
 def _in_main_thread() -> bool:

@@ -3,7 +3,8 @@
 Read top to bottom: load the transformer (never the VAE or text encoder), make it trainable (LoRA
 or full), wrap it in the engine, restore the latest checkpoint, then for each optimizer step:
 read micro-batches from the Ray Data shard, drop captions, noise, forward, loss, backward, step,
-log; every ``checkpointing_steps`` a checkpoint; at the end the exported weights.
+log; every ``checkpointing_steps`` a checkpoint; at the end the exported weights. Everything
+model-specific goes through the model family (:mod:`ray_ltx.model.family`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import torch.distributed as dist
 from ray_ltx.config import Config
 from ray_ltx.data.cache import read_empty_prompt
 from ray_ltx.errors import TrainingDivergedError
-from ray_ltx.model.loading import load_transformer, torch_dtype
-from ray_ltx.model.recipe import LatentSpec, drop_captions, flow_matching_loss, heldout_loss
+from ray_ltx.model.family import LatentSpec, ModelFamily, family_for, torch_dtype
+from ray_ltx.model.flow import drop_captions, flow_matching_loss, heldout_loss
 from ray_ltx.train import checkpoint as ckpt
 from ray_ltx.train import faults, validation
 from ray_ltx.train.data import micro_batch_from_row
@@ -37,13 +38,13 @@ log = logging.getLogger("ray_ltx.train")
 EXPORT_DIR = "export"  # inside the final checkpoint: what the driver copies to output_dir
 
 
-def prepare_transformer(config: Config, device: torch.device) -> tuple[torch.nn.Module, int]:
+def prepare_transformer(config: Config, family: ModelFamily, device: torch.device) -> tuple[torch.nn.Module, int]:
     """The transformer, trainable as configured; returns it and its trainable parameter count."""
     from ray_ltx.model.lora import add_lora
 
     compute = torch_dtype(config.model.transformer_dtype)
     full = config.training.training_type == "full-finetune"
-    transformer = load_transformer(config, compute, "cpu")
+    transformer = family.load_transformer(compute, "cpu")
     if "transformer" in config.model.layerwise_upcasting_modules:
         # Before LoRA injection, so only the frozen base layers are stored in float8.
         transformer.enable_layerwise_casting(storage_dtype=getattr(torch, config.model.layerwise_upcasting_storage_dtype),
@@ -59,7 +60,7 @@ def prepare_transformer(config: Config, device: torch.device) -> tuple[torch.nn.
     transformer.train()
     if config.training.compile:
         mode = None if config.training.compile_mode == "default" else config.training.compile_mode
-        for block in transformer.transformer_blocks:
+        for block in family.transformer_blocks(transformer):
             block.compile(mode=mode)
     return transformer, count
 
@@ -182,7 +183,8 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(training.seed)
 
     memory = MemoryReport(device)
-    transformer, trainable = prepare_transformer(config, device)
+    family = family_for(config)
+    transformer, trainable = prepare_transformer(config, family, device)
     engine = build_engine(transformer, config, device, world)
     state = _restore(engine, loop_config, config, world) or ckpt.TrainState.for_config(config, world, trainable)
     state.trainable_parameters = trainable
@@ -202,7 +204,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
         next(rows)
 
     def export(directory: Path, weights: dict[str, torch.Tensor] | None) -> None:
-        _export(weights, config, directory, memory)
+        _export(weights, config, family, engine.model, directory, memory)
 
     def evaluate() -> float | None:
         if not heldout:
@@ -210,7 +212,8 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
         module = engine.model
         module.eval()
         with torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32):
-            value = sum(heldout_loss(module, b, spec, diffusion.frame_rate, training.seed, compute) for b in heldout)
+            value = sum(heldout_loss(family, module, b, spec, diffusion.frame_rate, training.seed, compute)
+                        for b in heldout)
         module.train()
         return value / len(heldout)
 
@@ -222,7 +225,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
         if rank != 0 and not all_ranks_validate:
             return
         memory.record(f"before validation start (step {step})")
-        outputs = validation.render_validation(engine.model, config, device, step, Path(tempfile.mkdtemp()))
+        outputs = validation.render_validation(engine.model, config, family, device, step, Path(tempfile.mkdtemp()))
         memory.record(f"after validation end (step {step})")
         if rank == 0:
             tracker.log_videos(step, outputs, config.output_dir)
@@ -244,7 +247,8 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
             batch = drop_captions(batch, empty_embeds, empty_mask, config.data.caption_dropout_p, generator)
             with engine.accumulating(micro == accumulation - 1):
                 with torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32):
-                    loss = flow_matching_loss(engine.module, batch, spec, diffusion, generator, compute)
+                    loss = flow_matching_loss(family, engine.module, batch, spec, diffusion, generator, compute,
+                                              training.first_frame_conditioning_p)
                 fault = faults.triggered(fault_spec, ("raise", "kill", "nan"), step, rank, fault_dir) if micro == 0 else None
                 if fault == "nan":
                     loss = loss * float("nan")
@@ -332,7 +336,8 @@ def _handle_nonfinite(state: ckpt.TrainState, config: Config, loop_config: dict[
     )
 
 
-def _export(weights: dict[str, torch.Tensor] | None, config: Config, directory: Path, memory: MemoryReport) -> None:
+def _export(weights: dict[str, torch.Tensor] | None, config: Config, family: ModelFamily, model: torch.nn.Module,
+            directory: Path, memory: MemoryReport) -> None:
     """rank 0: the final weights in the format users load, and the memory report."""
     directory.mkdir(parents=True, exist_ok=True)
     if weights is None:
@@ -340,11 +345,11 @@ def _export(weights: dict[str, torch.Tensor] | None, config: Config, directory: 
     if config.training.training_type == "lora":
         from ray_ltx.model.lora import save_diffusers_lora
 
-        save_diffusers_lora(directory, weights, config)
+        save_diffusers_lora(directory, model, weights, config, family)
     else:
-        transformer = load_transformer(config, torch_dtype(config.model.transformer_dtype), "cpu")
-        missing, unexpected = transformer.load_state_dict(
-            {k: v.to(torch_dtype(config.model.transformer_dtype)) for k, v in weights.items()}, strict=False)
+        dtype = torch_dtype(config.model.transformer_dtype)
+        transformer = family.load_transformer(dtype, "cpu")
+        missing, unexpected = transformer.load_state_dict({k: v.to(dtype) for k, v in weights.items()}, strict=False)
         if unexpected:
             raise RuntimeError(f"unexpected weights in the finetuned state: {unexpected[:3]}")
         transformer.save_pretrained(directory / "transformer", safe_serialization=True)

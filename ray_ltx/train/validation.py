@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ray_ltx.config import Config
+from ray_ltx.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +28,35 @@ class ValidationPrompt:
     height: int
     width: int
     num_frames: int
+    image: str | None = None  # first frame of an image-to-video validation
 
 
 def validation_prompts(config: Config) -> list[ValidationPrompt]:
-    """Inline prompts and the prompts file (one a line, or JSON lines with prompt/height/width/num_frames)."""
+    """Inline prompts and the prompts file (one a line, or JSON lines with prompt/height/width/num_frames/image),
+    with ``--validation_images`` paired to them in order."""
     v = config.validation
     items: list[dict] = [{"prompt": p} for p in v.validation_prompts]
     if v.validation_prompts_file:
-        for line in Path(v.validation_prompts_file).read_text(encoding="utf-8").splitlines():
+        path = Path(v.validation_prompts_file)
+        if not path.is_file():
+            raise ConfigError(f"--validation_prompts_file {path}: no such file")
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             line = line.strip()
-            if line:
+            if not line:
+                continue
+            try:
                 items.append(json.loads(line) if line.startswith("{") else {"prompt": line})
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"{path} line {number}: not valid JSON ({error.msg})") from None
+    if v.validation_images:
+        if len(v.validation_images) != len(items):
+            raise ConfigError(f"--validation_images: {len(v.validation_images)} image(s) for {len(items)} validation "
+                              "prompt(s); give one image per prompt, in the same order")
+        for item, image in zip(items, v.validation_images, strict=True):
+            item["image"] = image
     return [ValidationPrompt(item["prompt"], int(item.get("height", v.validation_height)),
                              int(item.get("width", v.validation_width)),
-                             int(item.get("num_frames", v.validation_num_frames))) for item in items]
+                             int(item.get("num_frames", v.validation_num_frames)), item.get("image")) for item in items]
 
 
 def enabled(config: Config) -> bool:
@@ -48,38 +64,80 @@ def enabled(config: Config) -> bool:
     return bool(v.validation_prompts or v.validation_prompts_file)
 
 
+def check(config: Config, family) -> None:
+    """Before training starts: the prompts parse and every image opens (so a bad one never costs a run)."""
+    if not enabled(config):
+        if config.validation.validation_images:
+            raise ConfigError("--validation_images needs validation prompts (--validation_prompts or "
+                              "--validation_prompts_file), one per image")
+        return
+    items = validation_prompts(config)
+    if any(item.image for item in items) and not family.supports_first_frame_conditioning:
+        raise ConfigError(f"--validation_images: {family.describe()} has no image-to-video pipeline")
+    for item in items:
+        if item.image:
+            load_image(item.image, item.height, item.width)
+
+
+def load_image(path: str, height: int, width: int):
+    """The first-frame image, resized and centre-cropped to (height, width) if its aspect ratio differs."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+    except (OSError, UnidentifiedImageError) as error:
+        raise ConfigError(f"validation image {path}: cannot be read as an image ({error})") from None
+    return fit_image(image, height, width, path)
+
+
+def fit_image(image, height: int, width: int, name: str = "image"):
+    """Scale to cover (height, width), then centre-crop: the bucket's framing, as clips are prepared."""
+    w, h = image.size
+    if abs(w / h - width / height) > 0.01:
+        log.info("%s: aspect ratio %.3f differs from %dx%d (%.3f): scaled to cover it and centre-cropped", name,
+                 w / h, width, height, width / height)
+    scale = max(width / w, height / h)
+    resized = image.resize((max(width, round(w * scale)), max(height, round(h * scale))))
+    left, top = (resized.width - width) // 2, (resized.height - height) // 2
+    return resized.crop((left, top, left + width, top + height))
+
+
 @torch.no_grad()
-def render_validation(transformer: torch.nn.Module, config: Config, device: torch.device, step: int,
+def render_validation(transformer: torch.nn.Module, config: Config, family, device: torch.device, step: int,
                       out_dir: Path) -> list[tuple[Path, ValidationPrompt]]:
     """Generate every validation prompt with ``transformer`` as it is now; returns (mp4, prompt) pairs."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, LTXPipeline
-
     from ray_ltx.generate import write_mp4
-    from ray_ltx.model.loading import _load, load_text_encoder, load_tokenizer, load_vae, torch_dtype
+    from ray_ltx.model.family import torch_dtype
 
     v = config.validation
     compute = torch_dtype(config.model.transformer_dtype)
-    vae = load_vae(config, device)
-    text_encoder = load_text_encoder(config, device)
-    scheduler = _load(FlowMatchEulerDiscreteScheduler.from_pretrained, config, "scheduler", subfolder="scheduler")
-    pipe = LTXPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=load_tokenizer(config),
-                       transformer=transformer)
-    pipe.set_progress_bar_config(disable=True)
+    items = validation_prompts(config)
+    defaults = family.inference_defaults()
+    steps = v.validation_inference_steps or defaults["num_inference_steps"]
+    guidance = defaults["guidance_scale"] if v.validation_guidance_scale is None else v.validation_guidance_scale
+    pipes = {}
     was_training = transformer.training
     transformer.eval()
     outputs = []
     try:
-        for i, item in enumerate(validation_prompts(config)):
+        for i, item in enumerate(items):
+            kind = item.image is not None
+            if kind not in pipes:
+                pipes[kind] = family.pipeline(device, compute, transformer=transformer, image_to_video=kind)
+                pipes[kind].set_progress_bar_config(disable=True)
+            extra = {"image": load_image(item.image, item.height, item.width)} if kind else {}
             generator = torch.Generator(device="cpu").manual_seed(v.validation_seed + i)
             with torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32):
-                frames = pipe(prompt=item.prompt, num_frames=item.num_frames, height=item.height, width=item.width,
-                              num_inference_steps=v.validation_inference_steps, guidance_scale=v.validation_guidance_scale,
-                              generator=generator, output_type="np").frames[0]
+                frames = pipes[kind](prompt=item.prompt, num_frames=item.num_frames, height=item.height,
+                                     width=item.width, num_inference_steps=steps, guidance_scale=guidance,
+                                     generator=generator, output_type="np", **family.pipeline_kwargs(),
+                                     **extra).frames[0]
             path = write_mp4(frames, out_dir / f"step_{step:06d}" / f"prompt_{i:02d}.mp4", v.validation_fps)
             outputs.append((path, item))
     finally:
         transformer.train(was_training)
-        del pipe, vae, text_encoder
+        pipes.clear()
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
