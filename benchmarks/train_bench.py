@@ -440,7 +440,7 @@ def main() -> int:
     if args.version == "0.9.7-13b":
         baselines = [b for b in baselines if b["mode"] == "lora"]
         lora = {"training_type": "lora", "compile": not tiny, "optimizer": "adamw" if tiny else "adamw_fused",
-                "steps": 6 if tiny else 30, "warmup": 2 if tiny else 6}
+                "steps": 6 if tiny else 24, "warmup": 2 if tiny else 6}
         runs = [
             {**lora, "name": "ray_ltx_lora_b1_ckpt_compile", "batch": 1, "gradient_checkpointing": True,
              "baseline": "baseline_lora_b1_ckpt"},

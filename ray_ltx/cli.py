@@ -58,7 +58,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         annotation, _ = _type_args(info.annotation)
         origin = typing.get_origin(annotation)
         default = defaults[section][name] if section else defaults[name]
-        help_text = f"{field_help(name)} [default: {_show(default)}]"
+        values = _literal_values(annotation)
+        choices = f" One of: {', '.join(str(v) for v in values)}." if values else ""
+        help_text = f"{field_help(name)}{choices} [default: {_show(default)}]"
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": name}
         if annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -71,6 +73,13 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         else:
             kwargs["metavar"] = name.upper()
         group.add_argument(f"--{name}", **kwargs)
+
+
+def _literal_values(annotation: Any) -> tuple[Any, ...]:
+    """The allowed values of a Literal (or a list of Literals) field, for the help text."""
+    if typing.get_origin(annotation) is list:
+        annotation = typing.get_args(annotation)[0]
+    return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
 
 
 def _show(value: Any) -> str:
@@ -133,6 +142,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ray_ltx.generate import generate_from_args
 
     generate_from_args(args)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ray_ltx.export import export
+
+    out = export(args.source, args.out, step=args.step, model=args.model)
+    print(f"wrote the weights of {args.source}{f' at step {args.step}' if args.step else ''} to {out}")
     return 0
 
 
@@ -200,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str, config: bool = False):
-        usage = f"ray-ltx {name} [--config FILE] [--SETTING VALUE ...]" if config else None
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str, config: bool = False,
+                usage_extra: str = ""):
+        usage = f"ray-ltx {name} {usage_extra}[--config FILE] [--SETTING VALUE ...]" if config else None
         sub = commands.add_parser(name, help=help_text, description=help_text, usage=usage)
         sub.set_defaults(handler=handler)
         if config:
@@ -210,13 +228,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("preprocess", cmd_preprocess, "Decode, bucket and encode a dataset into the latent cache.", True)
     command("train", cmd_train, "Train a LoRA or the full transformer (preprocesses first if needed).", True)
-    tune = command("tune", cmd_tune, "Sweep config fields (e.g. rank, lr) with Ray Tune.", True)
+    tune = command("tune", cmd_tune, "Sweep config fields (e.g. rank, lr) with Ray Tune.", True,
+                   usage_extra="--sweep SWEEP.yaml [--resume] ")
     tune.add_argument("--sweep", required=True, help="sweep YAML (see tuning/)")
     tune.add_argument("--resume", action="store_true", help="resume an interrupted sweep of the same name")
     command("config", cmd_config, "Print the resolved configuration as YAML.", True)
 
     generate = command("generate", cmd_generate, "Generate videos with a base model and optional LoRA.")
     add_generate_flags(generate)
+
+    export = command("export", cmd_export, "Export the weights of a run or of one of its checkpoints (LoRA: diffusers "
+                     "and ComfyUI files; full finetune: transformer/).")
+    export.add_argument("source", help="a run's output_dir, a checkpoint_<step> directory, or runs:/<run_id>/weights")
+    export.add_argument("--out", required=True, help="directory to write the weights to")
+    export.add_argument("--step", type=int, default=None, help="with an output_dir: the checkpoint of this step "
+                        "[default: the final weights]")
+    export.add_argument("--model", default=None, help="full finetune from a checkpoint: the base model it was "
+                        "trained from")
 
     demo = command("demo", cmd_demo, "Run the whole product end to end on a tiny model and sample videos.")
     demo.add_argument("--workdir", default="ray-ltx-demo", help="where the demo writes everything")

@@ -295,10 +295,12 @@ class TrackingConfig(_Section):
 class Config(BaseModel):
     """The whole resolved configuration of one ray-ltx run."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
     output_dir: str = "ray-ltx-output"
-    """Where weights, training_config.json, the resolved config and validation videos go."""
+    """Where the run writes everything: the weights (LoRA or transformer/), training_config.json, the resolved
+    config.yaml, the memory report, validation videos, the latent cache (unless cache_dir) and the Ray Train
+    checkpoints (unless storage_path)."""
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)

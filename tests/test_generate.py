@@ -89,3 +89,29 @@ def test_comfyui_export_round_trips(tiny_model: Path, trained_lora, tmp_path: Pa
     pipe.unload_lora_weights()
     pipe.load_lora_weights(str(path), adapter_name="comfyui")  # re-imported from the ComfyUI layout
     assert torch.allclose(frames(), expected, atol=1e-5)
+
+
+def test_every_checkpoint_holds_a_loadable_lora_and_export_copies_it(tiny_model: Path, trained_lora,
+                                                                     tmp_path: Path) -> None:
+    from diffusers import LTXPipeline
+
+    lora_dir, _, _ = trained_lora
+    mid = lora_dir / "ray" / "train" / "checkpoint_00000002" / "lora"
+    assert (mid / "pytorch_lora_weights.safetensors").is_file() and (mid / COMFYUI_WEIGHTS).is_file()
+    result = subprocess.run([sys.executable, "-m", "ray_ltx", "export", str(lora_dir), "--step", "2", "--out",
+                             str(tmp_path / "step2")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    common = {"prompt": PROMPT, "num_frames": 9, "height": 64, "width": 96, "num_inference_steps": 2,
+              "output_type": "np"}
+
+    def frames(lora: Path) -> np.ndarray:
+        pipe = LTXPipeline.from_pretrained(tiny_model)
+        pipe.load_lora_weights(str(lora))
+        return pipe(generator=torch.Generator().manual_seed(0), **common).frames[0]
+
+    step2, final = frames(tmp_path / "step2"), frames(lora_dir)
+    assert (tmp_path / "step2" / COMFYUI_WEIGHTS).is_file()
+    assert np.abs(step2 - final).mean() > 1e-4  # the step-2 weights, not the final ones
+    missing = subprocess.run([sys.executable, "-m", "ray_ltx", "export", str(lora_dir), "--step", "3", "--out",
+                              str(tmp_path / "none")], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 5 and "no checkpoint of step 3" in missing.stderr and "2, 4" in missing.stderr

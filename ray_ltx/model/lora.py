@@ -91,7 +91,7 @@ def to_comfyui(diffusers_weights: dict[str, torch.Tensor], rank: int, alpha: flo
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def export_comfyui(lora_dir: str | Path, out_path: str | Path | None = None) -> Path:
+def export_comfyui(lora_dir: str | Path, out_path: str | Path | None = None, prefix: str = "diffusion_model.") -> Path:
     """Write the ComfyUI layout of the diffusers LoRA in ``lora_dir`` (beside it unless ``out_path``)."""
     import json
 
@@ -108,5 +108,5 @@ def export_comfyui(lora_dir: str | Path, out_path: str | Path | None = None) -> 
     rank = int(adapter.get("transformer.r") or next(v.shape[0] for k, v in weights.items() if ".lora_A." in k))
     alpha = float(adapter.get("transformer.lora_alpha") or rank)
     out_path = Path(out_path) if out_path else lora_dir / COMFYUI_WEIGHTS
-    save_file(to_comfyui(weights, rank, alpha), str(out_path), metadata={"format": "pt", "rank": str(rank)})
+    save_file(to_comfyui(weights, rank, alpha, prefix), str(out_path), metadata={"format": "pt", "rank": str(rank)})
     return out_path

@@ -20,6 +20,8 @@ from ray_ltx.errors import CheckpointError
 
 STATE = "state.json"
 COMPLETE = "complete-rank{rank}.json"
+LORA_DIR = "lora"  # a LoRA run's weights of this step, in the formats users load
+EXPORT_DIR = "export"  # inside the final checkpoint: what the driver copies to output_dir
 
 
 @dataclass

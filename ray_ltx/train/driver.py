@@ -192,9 +192,7 @@ def _cluster_has_gpus() -> bool:
 
 
 def _copy_export(checkpoint_path: str, output_dir: str) -> None:
-    from ray_ltx.train.loop import EXPORT_DIR
-
-    source = storage.join(checkpoint_path, EXPORT_DIR)
+    source = storage.join(checkpoint_path, ckpt.EXPORT_DIR)
     if not storage.is_dir(source):
         raise CheckpointError(f"the final checkpoint {checkpoint_path} holds no exported weights")
     storage.copy_dir(source, output_dir)

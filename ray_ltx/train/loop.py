@@ -35,7 +35,6 @@ from ray_ltx.train.memory import MemoryReport
 
 log = logging.getLogger("ray_ltx.train")
 
-EXPORT_DIR = "export"  # inside the final checkpoint: what the driver copies to output_dir
 
 
 def prepare_transformer(config: Config, family: ModelFamily, device: torch.device) -> tuple[torch.nn.Module, int]:
@@ -123,16 +122,23 @@ class _Tracker:
 
 
 def _save_checkpoint(engine, state: ckpt.TrainState, rank: int, metrics: dict[str, Any], fault_dir: str,
-                     fault_spec: str | None, export: Any = None) -> None:
-    """Every rank writes its part to a fresh local folder, lists it last, then Ray persists it."""
+                     fault_spec: str | None, lora: Any = None, export: Any = None) -> None:
+    """Every rank writes its part to a fresh local folder, lists it last, then Ray persists it.
+
+    A LoRA run also puts a loadable LoRA in every checkpoint (``lora/``: diffusers and ComfyUI files), so the
+    weights of any step can be used, not only the last.
+    """
     directory = Path(tempfile.mkdtemp(prefix=f"ray-ltx-ckpt-{state.step}-"))
     try:
         engine.save(directory, rank)
-        weights = engine.full_state_dict() if export is not None else None  # collective under ZeRO-3
+        wanted = export is not None or lora is not None
+        weights = engine.full_state_dict() if wanted else None  # collective under ZeRO-3 and FSDP
         if rank == 0:
             ckpt.write_state(directory, state)
+            if lora is not None:
+                lora(directory / ckpt.LORA_DIR, weights)
             if export is not None:
-                export(directory / EXPORT_DIR, weights)
+                export(directory / ckpt.EXPORT_DIR, weights)
         if faults.triggered(fault_spec, ("checkpoint",), state.step, rank, fault_dir):
             faults.fire("kill", state.step)  # dies with a part written and no completion listing
         ckpt.mark_complete(directory, rank)
@@ -205,6 +211,11 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     def export(directory: Path, weights: dict[str, torch.Tensor] | None) -> None:
         _export(weights, config, family, engine.model, directory, memory)
+
+    def checkpoint_lora(directory: Path, weights: dict[str, torch.Tensor] | None) -> None:
+        _save_lora(weights, config, family, engine.model, directory)
+
+    lora = checkpoint_lora if training.training_type == "lora" else None
 
     def evaluate() -> float | None:
         if not heldout:
@@ -300,9 +311,9 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
             tracker.flush()
         if done:
             memory.record("after training end")
-            _save_checkpoint(engine, state, rank, report, fault_dir, fault_spec, export=export)
+            _save_checkpoint(engine, state, rank, report, fault_dir, fault_spec, lora=lora, export=export)
         elif state.step % training.checkpointing_steps == 0:
-            _save_checkpoint(engine, state, rank, report, fault_dir, fault_spec)
+            _save_checkpoint(engine, state, rank, report, fault_dir, fault_spec, lora=lora)
         elif "val_loss" in metrics:
             ray.train.report(report)
     tracker.close(Path(loop_config["fault_dir"]))
@@ -336,6 +347,18 @@ def _handle_nonfinite(state: ckpt.TrainState, config: Config, loop_config: dict[
     )
 
 
+def _save_lora(weights: dict[str, torch.Tensor] | None, config: Config, family: ModelFamily, model: torch.nn.Module,
+               directory: Path) -> None:
+    """The LoRA in the formats users load: diffusers' pytorch_lora_weights.safetensors and the ComfyUI copy."""
+    from ray_ltx.model.lora import export_comfyui, save_diffusers_lora
+
+    if weights is None:
+        raise RuntimeError("rank 0 received no consolidated weights to export")
+    directory.mkdir(parents=True, exist_ok=True)
+    save_diffusers_lora(directory, model, weights, config, family)
+    export_comfyui(directory, prefix=family.comfyui_prefix)
+
+
 def _export(weights: dict[str, torch.Tensor] | None, config: Config, family: ModelFamily, model: torch.nn.Module,
             directory: Path, memory: MemoryReport) -> None:
     """rank 0: the final weights in the format users load, and the memory report."""
@@ -343,9 +366,7 @@ def _export(weights: dict[str, torch.Tensor] | None, config: Config, family: Mod
     if weights is None:
         raise RuntimeError("rank 0 received no consolidated weights to export")
     if config.training.training_type == "lora":
-        from ray_ltx.model.lora import save_diffusers_lora
-
-        save_diffusers_lora(directory, model, weights, config, family)
+        _save_lora(weights, config, family, model, directory)
     else:
         dtype = torch_dtype(config.model.transformer_dtype)
         transformer = family.load_transformer(dtype, "cpu")
