@@ -165,6 +165,40 @@ def test_with_p_1_the_first_frame_is_clean_and_out_of_the_loss(tiny_versions: di
     assert torch.all(timestep[:, h * w :] == timestep[:, h * w : h * w + 1])
 
 
+@pytest.mark.parametrize("version", ["0.9.0", "0.9.7-13b"])
+def test_per_frame_timesteps_compute_what_per_token_timesteps_compute(version: str) -> None:
+    """Training passes one timestep per latent frame (cheap); diffusers' pipelines pass one per token."""
+    import copy
+
+    from ray_ltx.model.ltx_video import enable_frame_timesteps
+    from ray_ltx.model.tiny import build_transformer
+
+    reference = build_transformer("tiny", version=version, seed=1).eval()
+    framed = copy.deepcopy(reference)
+    enable_frame_timesteps(framed)
+    b, f, h, w = 2, 3, 2, 3
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(b, f * h * w, 8, generator=generator)
+    text = torch.randn(b, 7, 32, generator=generator)
+    mask = torch.ones(b, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    per_frame = torch.tensor([[0.0, 500.0, 500.0], [0.0, 900.0, 900.0]])
+    kwargs = {"encoder_hidden_states": text, "encoder_attention_mask": mask, "num_frames": f, "height": h,
+              "width": w, "rope_interpolation_scale": (8 / 25, 32.0, 32.0), "return_dict": False}
+    expected = reference(hidden_states=x, timestep=per_frame.repeat_interleave(h * w, dim=1), **kwargs)[0]
+    torch.testing.assert_close(framed(hidden_states=x, timestep=per_frame, **kwargs)[0], expected)
+    # per-token and per-sample timesteps (what the pipelines pass) still run diffusers' own computation
+    tokens = per_frame.repeat_interleave(h * w, dim=1)
+    torch.testing.assert_close(framed(hidden_states=x, timestep=tokens, **kwargs)[0], expected)
+    one = torch.tensor([500.0, 900.0])
+    torch.testing.assert_close(framed(hidden_states=x, timestep=one, **kwargs)[0],
+                               reference(hidden_states=x, timestep=one, **kwargs)[0])
+    framed.enable_gradient_checkpointing()
+    framed.train()
+    framed(hidden_states=x.requires_grad_(), timestep=per_frame, **kwargs)[0].sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
 def test_text_to_video_keeps_one_timestep_per_sample(tiny_versions: dict[str, Path]) -> None:
     family = _family(tiny_versions["0.9.5"])
     transformer = family.load_transformer(torch.float32)

@@ -191,6 +191,9 @@ class ModelFamily(ABC):
     def transformer_blocks(self, transformer: nn.Module) -> Sequence[nn.Module]:
         """The repeated blocks: the unit of compilation, sharding and activation checkpointing."""
 
+    def prepare_for_training(self, transformer: nn.Module) -> None:  # noqa: B027 - an optional hook
+        """Adapt the loaded transformer before it is wrapped (DDP, ZeRO, FSDP) and compiled; default: nothing."""
+
     def check_training(self) -> None:
         """Refuse, before any work, settings this family cannot honour (raise ConfigError)."""
         if self.config.training.first_frame_conditioning_p > 0 and not self.supports_first_frame_conditioning:

@@ -44,6 +44,7 @@ def prepare_transformer(config: Config, family: ModelFamily, device: torch.devic
     compute = torch_dtype(config.model.transformer_dtype)
     full = config.training.training_type == "full-finetune"
     transformer = family.load_transformer(compute, "cpu")
+    family.prepare_for_training(transformer)
     if "transformer" in config.model.layerwise_upcasting_modules:
         # Before LoRA injection, so only the frozen base layers are stored in float8.
         transformer.enable_layerwise_casting(storage_dtype=getattr(torch, config.model.layerwise_upcasting_storage_dtype),
