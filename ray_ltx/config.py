@@ -205,6 +205,9 @@ class ValidationConfig(_Section):
     """Prompts rendered to videos during training (inline, or a file given by validation_prompts_file)."""
     validation_prompts_file: str | None = None
     """File with one prompt a line, or JSON/YAML list of {prompt, height, width, num_frames}."""
+    validation_dataset_file: str | None = None
+    """finetrainers' validation file: CSV or JSON ({"data": [...]}) rows of caption and optional image_path,
+    num_inference_steps, height, width, num_frames, frame_rate (empty: the validation_* defaults)."""
     validation_steps: int | None = Field(default=None, gt=0)
     """Render the validation prompts every N steps (and at the end); default: only at the end."""
     validation_fps: int = Field(default=24, gt=0)
@@ -349,7 +352,8 @@ class Config(BaseModel):
             data["model"]["pretrained_model_name_or_path"] = str(Path(model).expanduser().resolve())
         data["output_dir"] = absolute(self.output_dir)
         for section, key in (("data", "data_root"), ("data", "dataset_file"), ("data", "cache_dir"),
-                             ("distributed", "storage_path"), ("validation", "validation_prompts_file")):
+                             ("distributed", "storage_path"), ("validation", "validation_prompts_file"),
+                             ("validation", "validation_dataset_file")):
             if data[section].get(key):
                 data[section][key] = absolute(data[section][key])
         resume = data["training"].get("resume_from_checkpoint")
