@@ -31,6 +31,7 @@ from ray_ltx.errors import ConfigError
 from ray_ltx.storage import join
 
 DEFAULT_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+OPTIMIZER_ALIASES = {"adamw-bnb-8bit": "adamw8bit"}  # finetrainers' names for ray-ltx's optimizers
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
@@ -177,7 +178,8 @@ class TrainingConfig(_Section):
 
 class OptimizerConfig(_Section):
     optimizer: Literal["adamw", "adam", "adamw_fused", "adamw8bit"] = "adamw"
-    """Optimizer; adamw_fused uses torch's fused kernels (CUDA), adamw8bit needs bitsandbytes."""
+    """Optimizer; adamw_fused uses torch's fused kernels (CUDA), adamw8bit needs bitsandbytes (finetrainers'
+    adamw-bnb-8bit is accepted for it)."""
     lr: float = Field(default=1e-4, gt=0)
     """Peak learning rate."""
     lr_scheduler: Literal[LR_SCHEDULERS] = "constant"  # type: ignore[valid-type]
@@ -198,6 +200,11 @@ class OptimizerConfig(_Section):
     """Adam epsilon."""
     max_grad_norm: float = Field(default=1.0, ge=0)
     """Clip gradients to this global norm (0 disables clipping)."""
+
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _finetrainers_spelling(cls, value: Any) -> Any:
+        return OPTIMIZER_ALIASES.get(value, value) if isinstance(value, str) else value
 
 
 class ValidationConfig(_Section):

@@ -1,5 +1,5 @@
-"""Datasets and validation files as the other trainers write them: finetrainers' validation file, and
-ray-ltx's own prompts file, parsed to the same ValidationItems.
+"""Datasets and validation files as the other trainers write them: finetrainers' validation file (and
+ray-ltx's own prompts file) parsed to the same ValidationItems, and finetrainers' spellings of settings.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from ray_ltx.cli import build_parser, config_from_args
 from ray_ltx.config import build_config
 from ray_ltx.data.samples import moving_shape_frames, write_image
 from ray_ltx.data.validation_set import (
@@ -99,3 +100,15 @@ def test_validation_prompts_file_formats_and_every_source_together(tmp_path: Pat
                            "validation_dataset_file": str(tmp_path / "validation.json")})
     assert [item.prompt for item in validation_items(config.validation)] == [
         "inline", "a red circle", "a blue square", "from finetrainers"]
+
+
+
+# -- finetrainers' spellings of ray-ltx settings --------------------------------------------------
+
+
+def test_finetrainers_optimizer_name_is_an_alias_kept_canonical() -> None:
+    args = build_parser().parse_args(["train", "--optimizer", "adamw-bnb-8bit"])
+    config = config_from_args(args)
+    assert config.optimizer.optimizer == "adamw8bit" and config.to_dict()["optimizer"]["optimizer"] == "adamw8bit"
+    with pytest.raises(ConfigError, match="adam-bnb-8bit"):
+        build_config({"optimizer": "adam-bnb-8bit"})  # no ray-ltx equivalent: refused, not guessed
