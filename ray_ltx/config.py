@@ -74,7 +74,11 @@ class DataConfig(_Section):
     data_root: str | None = None
     """Dataset root: a local directory or a pyarrow/fsspec URI (s3://, gs://, ...)."""
     dataset_file: str | None = None
-    """CSV, JSON or JSONL metadata file (relative to data_root or absolute) with caption and path columns."""
+    """CSV, JSON or JSONL metadata file with caption and path columns (relative to data_root; without data_root,
+    the paths in it are relative to its folder, as in LTX-Video-Trainer's dataset.json)."""
+    dataset_config: str | None = None
+    """finetrainers' dataset config: a JSON file {"datasets": [...]} listing one or more datasets (data_root or
+    dataset_file, dataset_type, id_token, resolution buckets, ...), used instead of data_root; see docs/datasets.md."""
     dataset_layout: Literal["auto", "finetrainers", "metadata", "folder"] = "auto"
     """How the dataset is laid out; 'auto' detects it from data_root."""
     video_column: str = "videos.txt"
@@ -318,6 +322,9 @@ class Config(BaseModel):
                     f"{', '.join('--' + f for f in lora_flags)}: LoRA settings, but --training_type is "
                     "full-finetune; remove them or set --training_type lora"
                 )
+        if self.data.dataset_config and (self.data.data_root or self.data.dataset_file):
+            raise ValueError("--dataset_config lists the datasets itself: drop --data_root and --dataset_file, or "
+                             "drop --dataset_config")
         if self.data.frame_sampling == "fps" and not self.data.sample_fps:
             raise ValueError("--frame_sampling fps needs --sample_fps (e.g. --sample_fps 24)")
         if self.data.frame_sampling == "stride" and not self.data.frame_stride:
@@ -358,11 +365,16 @@ class Config(BaseModel):
         if not is_uri(model) and Path(model).expanduser().is_dir():
             data["model"]["pretrained_model_name_or_path"] = str(Path(model).expanduser().resolve())
         data["output_dir"] = absolute(self.output_dir)
-        for section, key in (("data", "data_root"), ("data", "dataset_file"), ("data", "cache_dir"),
-                             ("distributed", "storage_path"), ("validation", "validation_prompts_file"),
-                             ("validation", "validation_dataset_file")):
+        for section, key in (("data", "data_root"), ("data", "dataset_file"), ("data", "dataset_config"),
+                             ("data", "cache_dir"), ("distributed", "storage_path"),
+                             ("validation", "validation_prompts_file"), ("validation", "validation_dataset_file")):
             if data[section].get(key):
                 data[section][key] = absolute(data[section][key])
+        if data["data"]["dataset_config"]:  # the run trains on every dataset's own buckets
+            from ray_ltx.data.sources import run_buckets
+
+            buckets = run_buckets(data["data"]["dataset_config"], self.data.video_resolution_buckets)
+            data["data"]["video_resolution_buckets"] = [str(b) for b in buckets]
         resume = data["training"].get("resume_from_checkpoint")
         if resume and resume != "latest":
             data["training"]["resume_from_checkpoint"] = absolute(resume)
