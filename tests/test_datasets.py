@@ -132,13 +132,18 @@ def test_same_clips_at_two_resolutions_are_two_samples_and_a_repeated_dataset_is
     assert [s.reason for s in skips] == ["duplicate"] and "multi.json datasets[2]" in skips[0].detail
 
 
-def test_dataset_config_without_buckets_uses_the_flag_and_reads_dataset_files_relative_to_cwd(
+def test_dataset_config_without_buckets_uses_the_flag_and_reads_metadata_files_as_named(
         tmp_path: Path, monkeypatch) -> None:
     path = _ltx_dataset(tmp_path / "ltx", "json")
-    write_json(tmp_path / "training.json", {"datasets": [{"dataset_file": "ltx/dataset.json"}]})
+    touch(tmp_path / "other" / "c.mp4")
+    (tmp_path / "other" / "meta.csv").write_text("clip,words\nc.mp4,a green triangle\n")
+    write_json(tmp_path / "training.json", {"datasets": [
+        {"dataset_file": "ltx/dataset.json"},
+        {"dataset_file": "other/meta.csv", "rename_columns": {"words": "caption", "clip": "video"}},
+    ]})
     monkeypatch.chdir(tmp_path)  # finetrainers opens the paths of a dataset config as given
     by_caption, skips, _ = listed(dataset_config="training.json", video_resolution_buckets=["9x64x96"])
-    assert set(by_caption) == {"a red circle rises", "a still square"} and not skips
+    assert set(by_caption) == {"a red circle rises", "a still square", "a green triangle"} and not skips
     assert by_caption["a still square"].path == str(path.parent / "scenes" / "b.png")
     assert by_caption["a still square"].buckets == ""  # the run's --video_resolution_buckets
 
