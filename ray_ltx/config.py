@@ -31,6 +31,7 @@ from ray_ltx.errors import ConfigError
 from ray_ltx.storage import join
 
 DEFAULT_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+OPTIMIZER_ALIASES = {"adamw-bnb-8bit": "adamw8bit"}  # finetrainers' names for ray-ltx's optimizers
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
@@ -82,7 +83,11 @@ class DataConfig(_Section):
     data_root: str | None = None
     """Dataset root: a local directory or a pyarrow/fsspec URI (s3://, gs://, ...)."""
     dataset_file: str | None = None
-    """CSV, JSON or JSONL metadata file (relative to data_root or absolute) with caption and path columns."""
+    """CSV, JSON or JSONL metadata file with caption and path columns (relative to data_root; without data_root,
+    the paths in it are relative to its folder, as in LTX-Video-Trainer's dataset.json)."""
+    dataset_config: str | None = None
+    """finetrainers' dataset config: a JSON file {"datasets": [...]} listing one or more datasets (data_root or
+    dataset_file, dataset_type, id_token, resolution buckets, ...), used instead of data_root; see docs/datasets.md."""
     dataset_layout: Literal["auto", "finetrainers", "metadata", "folder"] = "auto"
     """How the dataset is laid out; 'auto' detects it from data_root."""
     video_column: str = "videos.txt"
@@ -191,7 +196,8 @@ class TrainingConfig(_Section):
 
 class OptimizerConfig(_Section):
     optimizer: Literal["adamw", "adam", "adamw_fused", "adamw8bit"] = "adamw"
-    """Optimizer; adamw_fused uses torch's fused kernels (CUDA), adamw8bit needs bitsandbytes."""
+    """Optimizer; adamw_fused uses torch's fused kernels (CUDA), adamw8bit needs bitsandbytes (finetrainers'
+    adamw-bnb-8bit is accepted for it)."""
     lr: float = Field(default=1e-4, gt=0)
     """Peak learning rate."""
     lr_scheduler: Literal[LR_SCHEDULERS] = "constant"  # type: ignore[valid-type]
@@ -213,12 +219,20 @@ class OptimizerConfig(_Section):
     max_grad_norm: float = Field(default=1.0, ge=0)
     """Clip gradients to this global norm (0 disables clipping)."""
 
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _finetrainers_spelling(cls, value: Any) -> Any:
+        return OPTIMIZER_ALIASES.get(value, value) if isinstance(value, str) else value
+
 
 class ValidationConfig(_Section):
     validation_prompts: list[str] = Field(default_factory=list)
     """Prompts rendered to videos during training (inline, or a file given by validation_prompts_file)."""
     validation_prompts_file: str | None = None
     """File with one prompt a line, or JSON/YAML list of {prompt, height, width, num_frames}."""
+    validation_dataset_file: str | None = None
+    """finetrainers' validation file: CSV or JSON ({"data": [...]}) rows of caption and optional image_path,
+    num_inference_steps, height, width, num_frames, frame_rate (empty: the validation_* defaults)."""
     validation_steps: int | None = Field(default=None, gt=0)
     """Render the validation prompts every N steps (and at the end); default: only at the end."""
     validation_fps: int = Field(default=24, gt=0)
@@ -337,6 +351,9 @@ class Config(BaseModel):
                     f"{', '.join('--' + f for f in lora_flags)}: LoRA settings, but --training_type is "
                     "full-finetune; remove them or set --training_type lora"
                 )
+        if self.data.dataset_config and (self.data.data_root or self.data.dataset_file):
+            raise ValueError("--dataset_config lists the datasets itself: drop --data_root and --dataset_file, or "
+                             "drop --dataset_config")
         if self.data.frame_sampling == "fps" and not self.data.sample_fps:
             raise ValueError("--frame_sampling fps needs --sample_fps (e.g. --sample_fps 24)")
         if self.data.frame_sampling == "stride" and not self.data.frame_stride:
@@ -379,10 +396,16 @@ class Config(BaseModel):
                 data["model"][key] = str(Path(model).expanduser().resolve())
         data["validation"]["validation_images"] = [absolute(p) for p in data["validation"]["validation_images"]]
         data["output_dir"] = absolute(self.output_dir)
-        for section, key in (("data", "data_root"), ("data", "dataset_file"), ("data", "cache_dir"),
-                             ("distributed", "storage_path"), ("validation", "validation_prompts_file")):
+        for section, key in (("data", "data_root"), ("data", "dataset_file"), ("data", "dataset_config"),
+                             ("data", "cache_dir"), ("distributed", "storage_path"),
+                             ("validation", "validation_prompts_file"), ("validation", "validation_dataset_file")):
             if data[section].get(key):
                 data[section][key] = absolute(data[section][key])
+        if data["data"]["dataset_config"]:  # the run trains on every dataset's own buckets
+            from ray_ltx.data.sources import run_buckets
+
+            buckets = run_buckets(data["data"]["dataset_config"], self.data.video_resolution_buckets)
+            data["data"]["video_resolution_buckets"] = [str(b) for b in buckets]
         resume = data["training"].get("resume_from_checkpoint")
         if resume and resume != "latest":
             data["training"]["resume_from_checkpoint"] = absolute(resume)

@@ -467,6 +467,7 @@ def trial_config(base: dict[str, Any], params: dict[str, Any], ties: list[Dimens
     data["output_dir"] = storage.join(output_dir, "trials", trial_id)
     data["data"]["cache_dir"] = base["data"]["cache_dir"]
     data["data"]["data_root"] = None  # the cache is built (once) by the sweep's driver; trials only read it
+    data["data"]["dataset_file"] = data["data"]["dataset_config"] = None
     data["data"]["rebuild_cache"] = False
     data["distributed"]["run_name"] = f"{sweep_name}-{trial_id}"
     data["training"]["resume_from_checkpoint"] = "latest"  # a trial restarted by --resume continues

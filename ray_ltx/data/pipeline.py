@@ -27,7 +27,7 @@ from ray_ltx.config import Config
 from ray_ltx.data import cache as cache_lib
 from ray_ltx.data.buckets import Bucket, assign_bucket
 from ray_ltx.data.encode import OK, PROMPT_ONLY, PromptEncoder, VaeEncoder
-from ray_ltx.data.sources import Record, Skip, read_records
+from ray_ltx.data.sources import Record, Skip, dataset_given, dataset_name, read_records
 from ray_ltx.errors import CacheError, DatasetError, StorageFullError, is_disk_full
 from ray_ltx.train import faults
 
@@ -93,7 +93,11 @@ def decode_one(row: dict[str, Any], buckets: list[Bucket], data: dict[str, Any])
 def decode_clips(batch: dict[str, Any], buckets: list[str], data: dict[str, Any]) -> dict[str, Any]:
     parsed = [Bucket.parse(b) for b in buckets]
     keys = list(batch)
-    rows = [decode_one({k: batch[k][i] for k in keys}, parsed, data) for i in range(len(batch["sample_id"]))]
+    rows = []
+    for i in range(len(batch["sample_id"])):
+        row = {k: batch[k][i] for k in keys}
+        own = [Bucket.parse(b) for b in row["buckets"].split()]  # a dataset config's dataset may bring its own
+        rows.append(decode_one(row, own or parsed, data))
     return {key: [row[key] for row in rows] for key in rows[0]}
 
 
@@ -270,7 +274,7 @@ def preprocess(config: Config) -> cache_lib.Manifest:
     todo = [r for r in records if r.sample_id not in done]
     need_empty = not storage.is_file(storage.join(cache_dir, cache_lib.EMPTY_PROMPT))
     log.info("preprocess: %d clips listed (%s layout) in %s; %d already cached, %d to encode; cache: %s",
-             len(records), layout, config.data.data_root, len(done), len(todo), cache_dir)
+             len(records), layout, dataset_name(config), len(done), len(todo), cache_dir)
 
     skipped = [s.to_row() for s in listing_skips]
     encoded = 0
@@ -279,7 +283,7 @@ def preprocess(config: Config) -> cache_lib.Manifest:
         rows = [{**r.to_row(), "status": OK} for r in todo]
         if need_empty:
             rows.append({"sample_id": EMPTY_PROMPT_ID, "caption": "", "path": "", "rel_path": "", "where": "",
-                         "status": PROMPT_ONLY})
+                         "buckets": "", "status": PROMPT_ONLY})
         last_report = time.monotonic()
         for batch in _encoded_batches(config, rows, cache_dir, digest):
             for i, kind in enumerate(batch["kind"]):
@@ -331,7 +335,7 @@ def _nothing_survived(config: Config, manifest: cache_lib.Manifest) -> str:
     examples = "\n  ".join(s["detail"] for s in manifest.skipped[:5])
     buckets = " ".join(manifest.buckets)
     return (
-        f"no usable sample in {config.data.data_root}: every input was skipped ({reasons}).\n  {examples}\n"
+        f"no usable sample in {dataset_name(config)}: every input was skipped ({reasons}).\n  {examples}\n"
         f"Buckets: {buckets}. Check the paths and captions, or add buckets the clips can fill "
         "(a clip needs at least a bucket's frame count)."
     )
@@ -356,7 +360,7 @@ def ensure_cache(config: Config) -> cache_lib.LatentCache:
     from ray_ltx.model.family import family_for
 
     cache_dir = storage.absolute(config.cache_dir)
-    if config.data.data_root:
+    if dataset_given(config.data):
         preprocess(config)
         return cache_lib.LatentCache.open(cache_dir)
     latent_cache = cache_lib.LatentCache.open(cache_dir)
