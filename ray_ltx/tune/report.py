@@ -19,7 +19,7 @@ from ray.exceptions import RayTaskError
 from ray.train import WorkerGroupError
 from ray.tune import Result, ResultGrid
 
-from ray_ltx import storage
+from ray_ltx import storage, tracking
 from ray_ltx.config import Config
 from ray_ltx.redaction import MASK, redact, redacted_config
 from ray_ltx.tune.spec import Dimension, SweepSpec, apply_params, plain, tied_values
@@ -193,15 +193,11 @@ class SweepRuns:
     ``trial-<trial_id>``); the sweep tags those with their Tune outcome and ends the ones Tune cut short."""
 
     def __init__(self, uri: str, run_id: str):
-        from ray_ltx import tracking
-
         self.uri, self.run_id = uri, run_id
         self._client = tracking.client(uri)
 
     @classmethod
     def start(cls, config: Config, spec: SweepSpec) -> SweepRuns:
-        from ray_ltx import tracking
-
         space = {d.field: d.describe() for d in spec.dimensions}
         run_id = tracking.start_run(config, run_name=spec.name, extra_params={
             "sweep.name": spec.name, "sweep.metric": spec.metric, "sweep.mode": spec.mode,
@@ -230,8 +226,6 @@ class SweepRuns:
                                         filter_string=f"tags.`mlflow.parentRunId` = '{self.run_id}'")
 
     def _end(self, status: str, error: str | None = None, run_id: str | None = None) -> None:
-        from ray_ltx import tracking
-
         tracking.end_run(self.uri, run_id or self.run_id, status, error=error)
 
     def _end_killed(self, run, *, error: str | None = None, stopped_early: str | None = None) -> None:
@@ -280,8 +274,6 @@ class SweepRuns:
     def finish(self, spec: SweepSpec, rows: list[dict[str, Any]], best: dict[str, Any] | None,
                best_config_path: str | None) -> None:
         """The trial table, the counts, the best trial and its config in the parent run; then end it."""
-        from ray_ltx import tracking
-
         table = [{k: (json.dumps(v) if isinstance(v, list | dict) else v) for k, v in r.items()} for r in rows]
         tracking.log_table(self.uri, self.run_id, table, "sweep/trials.json")
         for status in DONE:

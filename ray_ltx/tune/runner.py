@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from ray_ltx import storage
+from ray_ltx import storage, tracking
 from ray_ltx.config import Config
 from ray_ltx.errors import ConfigError, OutputDirError, UserError
 from ray_ltx.redaction import MASK, redact, redact_value, redacted_config
@@ -60,7 +61,7 @@ class SweepState:
 
     def save(self, path: str, *, tracking_uri: str | None, sweep_file: str) -> None:
         storage.write_text(path, json.dumps({
-            "name": self.sweep.get("name"), "sweep": redact_value(self.sweep), "base": redacted_config(self.base),
+            "sweep": redact_value(self.sweep), "base": redacted_config(self.base),
             "parent_run_id": self.parent_run_id, "tracking_uri": redact(tracking_uri) if tracking_uri else None,
             "sweep_file": sweep_file,
         }, indent=1, default=str))
@@ -112,8 +113,6 @@ class FinalStepASHA(ASHAScheduler):
 
 
 def _param_space(spec: SweepSpec) -> dict[str, Any]:
-    from ray import tune
-
     space: dict[str, Any] = {}
     for dim in spec.searched:
         if dim.kind == "choice":
@@ -195,7 +194,7 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
         yield
         return
 
-    def on_term(signum, frame) -> None:  # noqa: ARG001
+    def on_term(signum, frame) -> None:
         log.warning("SIGTERM: stopping the sweep; resume it with `ray-ltx tune ... --resume`")
         signal.raise_signal(signal.SIGINT)
 
@@ -211,9 +210,6 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
 
 def run_sweep(config: Config, sweep_path: str | os.PathLike[str], *, resume: bool = False) -> SweepResult:
     """Run (or with ``resume`` continue) the sweep described by ``sweep_path`` over ``config``."""
-    from ray import tune
-
-    from ray_ltx import tracking
     from ray_ltx.cluster import init_ray
     from ray_ltx.data.pipeline import ensure_cache
 
@@ -223,27 +219,18 @@ def run_sweep(config: Config, sweep_path: str | os.PathLike[str], *, resume: boo
     experiment_path = storage.join(output_dir, "tune", spec.name)
     state_path = storage.join(experiment_path, SWEEP_STATE)
     if resume:
-        if not tune.Tuner.can_restore(experiment_path) or not storage.is_file(state_path):
-            raise OutputDirError(f"--resume: no sweep named '{spec.name}' to resume in {experiment_path}; "
-                                 "run without --resume to start it (same --output_dir and sweep name)")
-        state = SweepState.load(state_path, config, spec)
-        if state.sweep != redact_value(spec.raw):
-            log.warning("--resume: %s changed since the sweep started; continuing the sweep as it was started",
-                        sweep_path)
-        spec = parse_sweep(state.sweep, f"{sweep_path} (as started)", name=spec.name)
+        spec, state = _saved_sweep(config, spec, sweep_path, experiment_path, state_path)
+    elif tune.Tuner.can_restore(experiment_path):
+        raise OutputDirError(f"a sweep named '{spec.name}' already ran in {experiment_path}. Pass --resume to "
+                             "continue it, or use another --output_dir or `name:` in the sweep file")
     else:
-        if tune.Tuner.can_restore(experiment_path):
-            raise OutputDirError(
-                f"a sweep named '{spec.name}' already ran in {experiment_path}. Pass --resume to continue it, "
-                "or use another --output_dir or `name:` in the sweep file")
         state = SweepState(spec.raw, prepare(config, spec), None)
     base = state.base
     trial_base = Config.from_dict(base)
     init_ray(trial_base)
     concurrent = _max_concurrent(spec, trial_base)
-    if not resume:  # checked before the cache is built: a missing Optuna or a bad grace period fails fast
-        search_alg, scheduler = _search_alg(spec, concurrent), _scheduler(spec, base)
-
+    # Checked before the cache is built, so that a missing Optuna or a bad grace period fails fast.
+    search_alg, scheduler = (None, None) if resume else (_search_alg(spec, concurrent), _scheduler(spec, base))
     ensure_cache(trial_base)  # the latent cache, once, before any trial: trials only open it
 
     runs = None
@@ -264,26 +251,9 @@ def run_sweep(config: Config, sweep_path: str | os.PathLike[str], *, resume: boo
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
     else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=_param_space(spec),
-            tune_config=tune.TuneConfig(
-                metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples, search_alg=search_alg,
-                scheduler=scheduler, reuse_actors=False,
-                trial_name_creator=lambda trial: f"trial-{trial.trial_id}",
-                trial_dirname_creator=lambda trial: trial.trial_id,
-            ),
-            run_config=tune.RunConfig(name=spec.name, storage_path=storage.join(output_dir, "tune"),
-                                      failure_config=tune.FailureConfig(max_failures=0)),
-        )
+        tuner = _new_tuner(spec, trainable, search_alg, scheduler, storage.join(output_dir, "tune"))
     try:
-        with _sigterm_as_ctrl_c():
-            grid = tuner.fit()
-        cut = False
-    except KeyboardInterrupt:  # a second Ctrl+C, or one before Tune took SIGINT over: read what Tune saved
-        saved = tune.Tuner.can_restore(experiment_path)
-        grid = tune.Tuner.restore(experiment_path, trainable=trainable).get_results() if saved else None
-        cut = True
+        grid, stopped = _fit(tuner, trainable, experiment_path)
     except BaseException as error:
         if runs:
             runs.fail(error)
@@ -294,7 +264,7 @@ def run_sweep(config: Config, sweep_path: str | os.PathLike[str], *, resume: boo
         runs.close_trials(rows)
     best = pick_best(rows, spec)
     print(format_table(rows, spec, best["trial_id"] if best else None))
-    if cut or len(rows) < spec.expected_trials() or any(r["status"] not in DONE for r in rows):
+    if stopped or len(rows) < spec.expected_trials() or any(r["status"] not in DONE for r in rows):
         if runs:
             runs.interrupted()
         print(f"sweep {spec.name!r} interrupted: {sum(r['status'] in DONE for r in rows)} of "
@@ -315,3 +285,45 @@ def run_sweep(config: Config, sweep_path: str | os.PathLike[str], *, resume: boo
         errors = "; ".join(f"{r['trial_id']}: {r['error']}" for r in rows if r.get("error"))[:2000]
         raise UserError(f"sweep {spec.name!r}: no trial reported {spec.metric}" + (f" ({errors})" if errors else ""))
     return result
+
+
+def _saved_sweep(config: Config, spec: SweepSpec, sweep_path: str | os.PathLike[str], experiment_path: str,
+                 state_path: str) -> tuple[SweepSpec, SweepState]:
+    """The sweep to continue (as it was started) and its state."""
+    if not tune.Tuner.can_restore(experiment_path) or not storage.is_file(state_path):
+        raise OutputDirError(f"--resume: no sweep named '{spec.name}' to resume in {experiment_path}; "
+                             "run without --resume to start it (same --output_dir and sweep name)")
+    state = SweepState.load(state_path, config, spec)
+    if state.sweep != redact_value(spec.raw):
+        log.warning("--resume: %s changed since the sweep started; continuing the sweep as it was started", sweep_path)
+    return parse_sweep(state.sweep, f"{sweep_path} (as started)", name=spec.name), state
+
+
+def _new_tuner(spec: SweepSpec, trainable, search_alg, scheduler: FinalStepASHA | None, tune_root: str) -> tune.Tuner:
+    return tune.Tuner(
+        trainable,
+        param_space=_param_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples, search_alg=search_alg,
+            scheduler=scheduler, reuse_actors=False,
+            trial_name_creator=lambda trial: f"trial-{trial.trial_id}",
+            trial_dirname_creator=lambda trial: trial.trial_id,  # report.py finds a trial's files by its id
+        ),
+        run_config=tune.RunConfig(name=spec.name, storage_path=tune_root,
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+
+
+def _fit(tuner: tune.Tuner, trainable, experiment_path: str) -> tuple[tune.ResultGrid | None, bool]:
+    """Run the trials: (the ResultGrid, or None if nothing was saved; whether the run was cut short).
+
+    Ctrl+C (or SIGTERM) lets Tune stop the trials and save its state; ``fit()`` then returns. A second
+    Ctrl+C, or one before Tune took SIGINT over, raises instead: the results are what Tune saved.
+    """
+    try:
+        with _sigterm_as_ctrl_c():
+            return tuner.fit(), False
+    except KeyboardInterrupt:
+        if not tune.Tuner.can_restore(experiment_path):
+            return None, True
+        return tune.Tuner.restore(experiment_path, trainable=trainable).get_results(), True
