@@ -21,7 +21,7 @@ from ray.tune import Result, ResultGrid
 
 from ray_ltx import storage, tracking
 from ray_ltx.config import Config
-from ray_ltx.redaction import MASK, redact, redacted_config
+from ray_ltx.redaction import MASK, redact, redact_value, redacted_config
 from ray_ltx.tune.spec import Dimension, SweepSpec, apply_params, plain, tied_values
 from ray_ltx.tune.trial import read_trial_result, trial_dir
 
@@ -94,7 +94,7 @@ def error_text(error: BaseException) -> str:
     if isinstance(error, WorkerGroupError) and error.worker_failures:
         error = next(iter(error.worker_failures.values()))
     message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    return f"{type(error).__name__}: {message}"[:500]
+    return redact(f"{type(error).__name__}: {message}")[:500]
 
 
 def pick_best(rows: list[dict[str, Any]], spec: SweepSpec) -> dict[str, Any] | None:
@@ -135,7 +135,7 @@ def write_best_config(best: dict[str, Any], spec: SweepSpec, base: dict[str, Any
     header = (f"# ray-ltx: best config of sweep '{spec.name}' ({spec.metric} {spec.mode}): trial "
               f"{best['trial_id']}, {spec.metric} = {best[spec.metric]:.6g}\n"
               f"# values: {redact(json.dumps(values))}\n"
-              f"# train it: ray-ltx train --config {path}\n")
+              f"# train it: ray-ltx train --config {redact(path)}\n")
     if MASK in text:
         header += f"# credentials are masked ({MASK}): give them again (flags or environment) to train\n"
     storage.write_text(path, header + text)
@@ -177,11 +177,12 @@ def format_footer(result: SweepResult) -> str:
     if result.best_trial_id:
         lines.append(f"best: trial {result.best_trial_id}, {result.metric} = {result.best_metric:.6g}, "
                      f"{json.dumps(result.best_params)}")
-        lines.append(f"  best config: {result.best_config_path} (ray-ltx train --config {result.best_config_path})")
+        path = redact(result.best_config_path or "")
+        lines.append(f"  best config: {path} (ray-ltx train --config {path})")
     if result.parent_run_id:
         lines.append(f"  MLflow sweep run: {result.parent_run_id} (nested runs: one per trial); "
                      f"mlflow ui --backend-store-uri {redact(result.tracking_uri or '')}")
-    lines.append(f"  Tune state: {result.experiment_path} ({result.seconds:.0f} s)")
+    lines.append(f"  Tune state: {redact(result.experiment_path)} ({result.seconds:.0f} s)")
     return "\n".join(lines)
 
 
@@ -274,7 +275,7 @@ class SweepRuns:
     def finish(self, spec: SweepSpec, rows: list[dict[str, Any]], best: dict[str, Any] | None,
                best_config_path: str | None) -> None:
         """The trial table, the counts, the best trial and its config in the parent run; then end it."""
-        table = [{k: (json.dumps(v) if isinstance(v, list | dict) else v) for k, v in r.items()} for r in rows]
+        table = [{k: (json.dumps(v) if isinstance(v, list | dict) else v) for k, v in redact_value(r).items()} for r in rows]
         tracking.log_table(self.uri, self.run_id, table, "sweep/trials.json")
         for status in DONE:
             self._client.set_tag(self.run_id, f"trials_{status.lower()}", str(sum(r["status"] == status for r in rows)))

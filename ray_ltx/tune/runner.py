@@ -221,8 +221,8 @@ def run_sweep(config: Config, sweep_path: str | os.PathLike[str], *, resume: boo
     if resume:
         spec, state = _saved_sweep(config, spec, sweep_path, experiment_path, state_path)
     elif tune.Tuner.can_restore(experiment_path):
-        raise OutputDirError(f"a sweep named '{spec.name}' already ran in {experiment_path}. Pass --resume to "
-                             "continue it, or use another --output_dir or `name:` in the sweep file")
+        raise OutputDirError(f"a sweep named '{spec.name}' already ran in {redact(experiment_path)}. Pass --resume "
+                             "to continue it, or use another --output_dir or `name:` in the sweep file")
     else:
         state = SweepState(spec.raw, prepare(config, spec), None)
     base = state.base
@@ -246,7 +246,7 @@ def run_sweep(config: Config, sweep_path: str | os.PathLike[str], *, resume: boo
                                      metric=spec.metric, parent_run_id=state.parent_run_id)
     log.info("sweep %r: %s search, %s scheduler, %s trial(s), %d at a time; metric %s (%s); state in %s",
              spec.name, spec.search_alg.type, spec.scheduler.type, spec.expected_trials(), concurrent, spec.metric,
-             spec.mode, experiment_path)
+             spec.mode, redact(experiment_path))
     if resume:
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
@@ -291,7 +291,7 @@ def _saved_sweep(config: Config, spec: SweepSpec, sweep_path: str | os.PathLike[
                  state_path: str) -> tuple[SweepSpec, SweepState]:
     """The sweep to continue (as it was started) and its state."""
     if not tune.Tuner.can_restore(experiment_path) or not storage.is_file(state_path):
-        raise OutputDirError(f"--resume: no sweep named '{spec.name}' to resume in {experiment_path}; "
+        raise OutputDirError(f"--resume: no sweep named '{spec.name}' to resume in {redact(experiment_path)}; "
                              "run without --resume to start it (same --output_dir and sweep name)")
     state = SweepState.load(state_path, config, spec)
     if state.sweep != redact_value(spec.raw):
