@@ -275,7 +275,8 @@ class SweepRuns:
     def finish(self, spec: SweepSpec, rows: list[dict[str, Any]], best: dict[str, Any] | None,
                best_config_path: str | None) -> None:
         """The trial table, the counts, the best trial and its config in the parent run; then end it."""
-        table = [{k: (json.dumps(v) if isinstance(v, list | dict) else v) for k, v in redact_value(r).items()} for r in rows]
+        table = [{k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in redact_value(row).items()}
+                 for row in rows]
         tracking.log_table(self.uri, self.run_id, table, "sweep/trials.json")
         for status in DONE:
             self._client.set_tag(self.run_id, f"trials_{status.lower()}", str(sum(r["status"] == status for r in rows)))

@@ -540,7 +540,8 @@ def tied_values(params: dict[str, Any], ties: list[Dimension], base: dict[str, A
 
 
 def base_config(config: Config, spec: SweepSpec) -> dict[str, Any]:
-    """The config every trial starts from (resolved, as a dict): --config and flags < the sweep's config and constants."""
+    """The config every trial starts from (resolved, as a dict): --config and flags < the sweep's config: and
+    its constants."""
     resolved = build_config(config.to_dict(), spec.config, spec.constants,
                             source=f"{spec.source} (--config, the sweep's config and constants)").resolved()
     base = resolved.to_dict()
@@ -553,8 +554,8 @@ def prepare(config: Config, spec: SweepSpec) -> dict[str, Any]:
     reads them, e.g. "1e-4" -> 0.0001)."""
     base = base_config(config, spec)
     if spec.metric == "val_loss" and not base["data"]["holdout_samples"]:
-        raise ConfigError(f"{spec.source}: metric val_loss is the loss on held-out samples, but --holdout_samples is 0; "
-                          "pass --holdout_samples N (e.g. 2) or set `metric: loss` in the sweep file")
+        raise ConfigError(f"{spec.source}: metric val_loss is the loss on held-out samples, but --holdout_samples "
+                          "is 0; pass --holdout_samples N (e.g. 2) or set `metric: loss` in the sweep file")
     for dim in spec.searched:
         if dim.kind in VALUE_LISTS:
             dim.values = [_check_value(base, dim.field, value, spec) for value in dim.values]
