@@ -479,7 +479,7 @@ def field_help(name: str) -> str:
     return cls.model_fields[name].description or ""
 
 
-def _suggest(name: str, candidates: list[str]) -> str:
+def suggest(name: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -498,7 +498,7 @@ def _nest(data: dict[str, Any], source: str) -> dict[str, Any]:
                 if leaf not in SECTIONS[key].model_fields:
                     raise ConfigError(
                         f"{source}: unknown setting '{key}.{leaf}'"
-                        f"{_suggest(leaf, list(SECTIONS[key].model_fields))}; "
+                        f"{suggest(leaf, list(SECTIONS[key].model_fields))}; "
                         f"run `ray-ltx train --help` for the valid names"
                     )
                 nested.setdefault(key, {})[leaf] = leaf_value
@@ -510,7 +510,7 @@ def _nest(data: dict[str, Any], source: str) -> dict[str, Any]:
                 nested.setdefault(section, {})[key] = value
         else:
             raise ConfigError(
-                f"{source}: unknown setting '{key}'{_suggest(key, [*FIELD_SECTION, *SECTIONS])}; "
+                f"{source}: unknown setting '{key}'{suggest(key, [*FIELD_SECTION, *SECTIONS])}; "
                 "run `ray-ltx train --help` for the valid names"
             )
     return nested

@@ -1,7 +1,8 @@
 """Ray Tune sweeps (ray_ltx.tune): a rank x lr grid, ASHA early stopping, a failing trial, resume.
 
 The slow tests run the real stack on the tiny model: Tune trials, each a full ray-ltx training
-(its own TorchTrainer with one gloo worker), a real MLflow store. The sweep-file checks are fast.
+(its own TorchTrainer with one gloo worker), a real MLflow store. The sweep-file checks, the ASHA
+final-report rule and the credential masking of the sweep's files are fast.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import yaml
 from ray_ltx.config import Config, build_config, load_config
 from ray_ltx.errors import ConfigError, OutputDirError
 from ray_ltx.tune import load_sweep, parse_sweep, prepare, run_sweep
+from ray_ltx.tune.report import write_best_config
+from ray_ltx.tune.runner import FinalStepASHA, SweepState
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = REPO / "tuning" / "rank_lr_grid.yaml"
@@ -67,10 +70,11 @@ def mlflow_runs(uri: str) -> tuple[Any, list[Any]]:
 
 def test_shipped_sweep_files_parse() -> None:
     grid = load_sweep(GRID)
-    assert (grid.name, grid.search_alg, grid.scheduler, grid.expected_trials()) == ("rank_lr_grid", "grid", "none", 4)
+    assert (grid.name, grid.search_alg.type, grid.scheduler.type, grid.expected_trials()) == ("rank_lr_grid", "grid", "none", 4)
     assert {d.field: d.kind for d in grid.dimensions} == {"rank": "grid_search", "lora_alpha": "tie", "lr": "grid_search"}
     search = load_sweep(ASHA_OPTUNA)
-    assert (search.search_alg, search.scheduler, search.metric, search.mode) == ("optuna", "asha", "val_loss", "min")
+    assert (search.search_alg.type, search.scheduler.type, search.metric, search.mode) == ("optuna", "asha", "val_loss", "min")
+    assert (search.search_alg.seed, search.scheduler.grace_period, search.num_samples) == (0, 50, 16)
     lr = next(d for d in search.dimensions if d.field == "lr")
     assert (lr.kind, lr.values) == ("loguniform", [1e-5, 3e-4])
 
@@ -107,6 +111,9 @@ def test_bad_space_is_a_clear_config_error(space: dict[str, Any], message: str) 
     ({"search_alg": "optuna", "space": {"rank": {"grid_search": [8, 16]}}}, "use choice instead of grid_search"),
     ({"search_alg": "grid", "space": {"lr": {"loguniform": [1e-5, 1e-3]}}}, "search_alg grid needs finite values"),
     ({"num_samples": 0}, "num_samples: expected a whole number >= 1"),
+    ({"search_alg": {"type": "grid", "seed": 1}}, "unknown option 'seed' for grid"),
+    ({"scheduler": {"type": "asha", "reduction_factor": 1}}, "scheduler.reduction_factor: expected a number > 1"),
+    ({"config": {"output_dir": "/elsewhere"}}, "config: output_dir: the sweep's output directory comes from"),
 ])
 def test_bad_sweep_settings_are_clear_config_errors(sweep: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match="sweep.yaml") as error:
@@ -125,6 +132,66 @@ def test_values_are_checked_against_the_config() -> None:
     spec = parse_sweep({"space": {"lr": {"choice": [1e-4, 3e-4]}}}, "sweep.yaml")
     with pytest.raises(ConfigError, match="--holdout_samples is 0"):
         prepare(build_config({}), spec)
+
+
+def test_every_bad_setting_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_sweep({"mode": "lowest", "num_samples": 0, "space": {"rank": {"choice": [8]}}}, "sweep.yaml")
+    assert "mode: unknown mode 'lowest'" in str(error.value) and "num_samples: expected" in str(error.value)
+
+
+def test_asha_keeps_a_trials_final_report() -> None:
+    """Plain ASHA stops a trial at max_t or when its last step trails a rung, before its training writes the
+    weights; the sweep's ASHA lets a final report through and still stops trailing trials earlier."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    settings = {"time_attr": "step", "metric": "val_loss", "mode": "min", "max_t": 4, "grace_period": 1,
+                "reduction_factor": 2}
+    leader, trailing, short = (SimpleNamespace(trial_id=name, config=config) for name, config in
+                               (("leader", {}), ("trailing", {}), ("short", {"train_steps": 2})))
+    reports = [(leader, 1, 1.0), (trailing, 1, 2.0), (leader, 2, 0.9), (short, 1, 0.5), (short, 2, 5.0),
+               (leader, 4, 0.8)]
+    decisions = {}
+    for name, scheduler in (("plain", ASHAScheduler(**settings)), ("sweep", FinalStepASHA(train_steps=4, **settings))):
+        for trial in (leader, trailing, short):
+            scheduler.on_trial_add(None, trial)
+        decisions[name] = [scheduler.on_trial_result(None, trial, {"step": step, "val_loss": value})
+                           for trial, step, value in reports]
+    stop, go = TrialScheduler.STOP, TrialScheduler.CONTINUE
+    assert decisions["plain"] == [go, stop, go, go, stop, stop]
+    assert decisions["sweep"] == [go, stop, go, go, go, go]  # the short trial's step 2 and the leader's 4 are final
+
+
+def test_sweep_files_hold_no_credentials(tmp_path: Path) -> None:
+    """The sweep's state and best_config.yaml mask credentials; --resume takes them again from its config."""
+    tracking_uri, cache_dir = "https://user:secret@mlflow.example.com", "s3://KEY:SECRET@bucket/cache"
+    values = {"holdout_samples": 1, "output_dir": str(tmp_path / "out"), "mlflow_tracking_uri": tracking_uri,
+              "cache_dir": cache_dir}
+    config = build_config(values)
+    spec = load_sweep(GRID)
+    base = prepare(config, spec)
+    state_path = str(tmp_path / "out" / "tune" / "rank_lr_grid" / "ray_ltx_sweep.json")
+    SweepState(spec.raw, base, "parent-run").save(state_path, tracking_uri=tracking_uri, sweep_file=str(GRID))
+    best = {"trial_id": "t1", "rank": 8, "lora_alpha": 8, "lr": 1e-4, "val_loss": 0.5}
+    best_path = write_best_config(best, spec, base, str(tmp_path / "out"))
+
+    written = {path: path.read_text() for path in tmp_path.rglob("*") if path.is_file()}
+    assert set(written) == {Path(state_path), Path(best_path)}
+    for text in written.values():
+        assert "secret" not in text.lower(), text
+        assert "s3://***@bucket/cache" in text
+    assert "https://***@mlflow.example.com" in written[Path(state_path)]
+    assert "credentials are masked" in written[Path(best_path)]
+    assert load_config(best_path).optimizer.lr == 1e-4
+
+    resumed = SweepState.load(state_path, config, spec)  # --resume with the same config: the real values again
+    assert Config.from_dict(resumed.base).tracking_uri == tracking_uri
+    assert resumed.base["data"]["cache_dir"] == cache_dir and resumed.parent_run_id == "parent-run"
+    without = build_config({**values, "mlflow_tracking_uri": "http://127.0.0.1:5000"})
+    with pytest.raises(ConfigError, match=r"tracking\.mlflow_tracking_uri was saved with its credentials masked"):
+        SweepState.load(state_path, without, spec)
 
 
 # -- real sweeps (slow) --------------------------------------------------------------------------
