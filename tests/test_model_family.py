@@ -237,9 +237,9 @@ def _frames(pipe, **kwargs) -> torch.Tensor:
 @pytest.mark.parametrize("version", list(VERSIONS))
 def test_each_version_trains_image_to_video_resumes_exports_and_generates(
         tiny_versions: dict[str, Path], sample_data: Path, tmp_path: Path, version: str) -> None:
-    from conftest import base_config
     from diffusers import LTXVideoTransformer3DModel
 
+    from conftest import base_config
     from ray_ltx.generate import generate_video
     from ray_ltx.train.driver import train
 
@@ -286,7 +286,6 @@ def test_each_version_trains_image_to_video_resumes_exports_and_generates(
 def test_a_cache_of_another_version_is_refused_with_how_to_rebuild(tiny_versions: dict[str, Path], sample_data: Path,
                                                                     tmp_path: Path) -> None:
     from conftest import base_config
-
     from ray_ltx.data.pipeline import ensure_cache, preprocess
 
     cache = tmp_path / "cache"

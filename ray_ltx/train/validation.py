@@ -9,7 +9,6 @@ of successive validations differ only by what training changed.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,39 +28,29 @@ class ValidationPrompt:
     width: int
     num_frames: int
     image: str | None = None  # first frame of an image-to-video validation
+    num_inference_steps: int | None = None  # None: the run's (or the checkpoint's) default
 
 
 def validation_prompts(config: Config) -> list[ValidationPrompt]:
-    """Inline prompts and the prompts file (one a line, or JSON lines with prompt/height/width/num_frames/image),
-    with ``--validation_images`` paired to them in order."""
+    """Every validation video of the run (inline prompts, the prompts file, finetrainers' validation dataset file),
+    with the run's defaults filled in and ``--validation_images`` paired to the prompts in order."""
+    from ray_ltx.data.validation_set import validation_items
+
     v = config.validation
-    items: list[dict] = [{"prompt": p} for p in v.validation_prompts]
-    if v.validation_prompts_file:
-        path = Path(v.validation_prompts_file)
-        if not path.is_file():
-            raise ConfigError(f"--validation_prompts_file {path}: no such file")
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                items.append(json.loads(line) if line.startswith("{") else {"prompt": line})
-            except json.JSONDecodeError as error:
-                raise ConfigError(f"{path} line {number}: not valid JSON ({error.msg})") from None
-    if v.validation_images:
-        if len(v.validation_images) != len(items):
-            raise ConfigError(f"--validation_images: {len(v.validation_images)} image(s) for {len(items)} validation "
-                              "prompt(s); give one image per prompt, in the same order")
-        for item, image in zip(items, v.validation_images, strict=True):
-            item["image"] = image
-    return [ValidationPrompt(item["prompt"], int(item.get("height", v.validation_height)),
-                             int(item.get("width", v.validation_width)),
-                             int(item.get("num_frames", v.validation_num_frames)), item.get("image")) for item in items]
+    items = validation_items(v)
+    images = list(v.validation_images)
+    if images and len(images) != len(items):
+        raise ConfigError(f"--validation_images: {len(images)} image(s) for {len(items)} validation prompt(s); give "
+                          "one image per prompt, in the same order")
+    return [ValidationPrompt(item.prompt, item.height or v.validation_height, item.width or v.validation_width,
+                             item.num_frames or v.validation_num_frames,
+                             images[i] if images else item.image, item.num_inference_steps)
+            for i, item in enumerate(items)]
 
 
 def enabled(config: Config) -> bool:
     v = config.validation
-    return bool(v.validation_prompts or v.validation_prompts_file)
+    return bool(v.validation_prompts or v.validation_prompts_file or v.validation_dataset_file)
 
 
 def check(config: Config, family) -> None:
@@ -130,7 +119,8 @@ def render_validation(transformer: torch.nn.Module, config: Config, family, devi
             generator = torch.Generator(device="cpu").manual_seed(v.validation_seed + i)
             with torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32):
                 frames = pipes[kind](prompt=item.prompt, num_frames=item.num_frames, height=item.height,
-                                     width=item.width, num_inference_steps=steps, guidance_scale=guidance,
+                                     width=item.width, num_inference_steps=item.num_inference_steps or steps,
+                                     guidance_scale=guidance,
                                      generator=generator, output_type="np", **family.pipeline_kwargs(),
                                      **extra).frames[0]
             path = write_mp4(frames, out_dir / f"step_{step:06d}" / f"prompt_{i:02d}.mp4", v.validation_fps)
