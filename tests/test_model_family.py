@@ -297,3 +297,22 @@ def test_a_cache_of_another_version_is_refused_with_how_to_rebuild(tiny_versions
         ensure_cache(later)
     message = str(error.value)
     assert "ltx_video 0.9.1" in message and "ltx_video 0.9.5+" in message and "--rebuild_cache" in message
+
+
+def test_validation_images_are_checked_before_training(tiny_versions: dict[str, Path], tmp_path: Path, caplog) -> None:
+    from ray_ltx.train import validation
+
+    family = _family(tiny_versions["0.9.5"])
+    good = tmp_path / "frame.png"
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(good)
+    base = {"pretrained_model_name_or_path": str(tiny_versions["0.9.5"]), "validation_prompts": ["a", "b"],
+            "validation_height": 64, "validation_width": 96}
+    with pytest.raises(ConfigError, match="1 image\\(s\\) for 2 validation prompt"):
+        validation.check(build_config({**base, "validation_images": [str(good)]}), family)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(ConfigError, match="broken.png: cannot be read as an image"):
+        validation.check(build_config({**base, "validation_images": [str(good), str(broken)]}), family)
+    with caplog.at_level("INFO"):
+        validation.check(build_config({**base, "validation_images": [str(good), str(good)]}), family)
+    assert "scaled to cover it and centre-cropped" in caplog.text  # 1:1 image, 3:2 video
