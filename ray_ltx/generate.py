@@ -72,17 +72,30 @@ def load_pipeline(model: str, lora: str | None = None, lora_scale: float = 1.0, 
 
 def render(pipe, family, prompt: str, *, negative_prompt: str = "", num_frames: int = 49, height: int = 512,
            width: int = 768, steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
-           image: str | None = None):
+           image: str | None = None, show: bool = True):
     """Frames (F, H, W, 3) float in [0, 1]; the same seed gives the same frames."""
+    from ray_ltx.progress import Progress
     from ray_ltx.train.validation import load_image
 
     defaults = family.inference_defaults()
     generator = torch.Generator(device="cpu").manual_seed(seed)
     extra = {"image": load_image(image, height, width)} if image else {}
-    return pipe(prompt=prompt, negative_prompt=negative_prompt or None, num_frames=num_frames, height=height,
-                width=width, num_inference_steps=steps or defaults["num_inference_steps"],
-                guidance_scale=defaults["guidance_scale"] if guidance_scale is None else guidance_scale,
-                generator=generator, output_type="np", **family.pipeline_kwargs(), **extra).frames[0]
+    steps = steps or defaults["num_inference_steps"]
+    progress = Progress(steps, f"{prompt[:40]!r}: denoising step", "steps", logger=log, every_s=10.0) if show else None
+
+    def on_step(_pipe, index, _timestep, tensors):
+        if progress is not None:
+            progress.update(index + 1)
+        return tensors
+
+    frames = pipe(prompt=prompt, negative_prompt=negative_prompt or None, num_frames=num_frames, height=height,
+                  width=width, num_inference_steps=steps,
+                  guidance_scale=defaults["guidance_scale"] if guidance_scale is None else guidance_scale,
+                  generator=generator, output_type="np", callback_on_step_end=on_step, **family.pipeline_kwargs(),
+                  **extra).frames[0]
+    if progress is not None:
+        progress.close()
+    return frames
 
 
 def write_mp4(frames, path: str | Path, fps: int) -> Path:
@@ -129,7 +142,7 @@ class _Renderer:
         o = self.options
         paths = []
         for index, prompt in zip(batch["index"], batch["prompt"], strict=True):
-            frames = render(self.pipe, self.family, str(prompt), seed=o["seed"] + int(index),
+            frames = render(self.pipe, self.family, str(prompt), seed=o["seed"] + int(index), show=False,
                             **{k: o[k] for k in RENDER_OPTIONS if k in o})
             paths.append(str(write_mp4(frames, Path(o["out"]) / f"{int(index):04d}.mp4", o["fps"])))
         return {"index": batch["index"], "prompt": batch["prompt"], "path": paths}
@@ -148,7 +161,16 @@ def generate_batch(prompts: list[str], options: dict[str, Any], num_gpus: int | 
     resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     ds = ds.map_batches(_Renderer, batch_size=1, fn_constructor_kwargs={"options": options},
                         compute=ray.data.ActorPoolStrategy(size=actors), **resources)
-    return sorted(ds.take_all(), key=lambda row: row["index"])
+    from ray_ltx.progress import Progress
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    progress = Progress(len(prompts), "generate: video", "videos", logger=log)
+    rows = []
+    for row in ds.iter_rows():
+        rows.append(row)
+        progress.update(len(rows))
+    progress.close()
+    return sorted(rows, key=lambda row: row["index"])
 
 
 def generate_from_args(args) -> list[Path]:

@@ -284,7 +284,13 @@ def preprocess(config: Config) -> cache_lib.Manifest:
         if need_empty:
             rows.append({"sample_id": EMPTY_PROMPT_ID, "caption": "", "path": "", "rel_path": "", "where": "",
                          "buckets": "", "status": PROMPT_ONLY})
-        last_report = time.monotonic()
+        import ray.data
+
+        from ray_ltx.progress import Progress
+
+        # One progress display (a bar on a terminal, lines with an ETA in logs) instead of Ray Data's operator dumps.
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        progress = Progress(len(todo), "preprocess: clip", "clips", logger=log, every_s=PROGRESS_SECONDS)
         for batch in _encoded_batches(config, rows, cache_dir, digest):
             for i, kind in enumerate(batch["kind"]):
                 if kind == "shard":
@@ -295,11 +301,11 @@ def preprocess(config: Config) -> cache_lib.Manifest:
                     encoded += len(ids)
                 elif kind == "skip":
                     skipped.append(Skip(batch["path"][i], batch["reason"][i], batch["detail"][i]).to_row())
-            if time.monotonic() - last_report > PROGRESS_SECONDS:
-                last_report = time.monotonic()
-                rate = (encoded + len(skipped)) / (last_report - started)
-                log.info("preprocess: %d/%d clips done (%d encoded, %d skipped), %.2f clips/s",
-                         encoded + len(skipped) - len(listing_skips), len(todo), encoded, len(skipped), rate)
+            done_now = encoded + len(skipped) - len(listing_skips)
+            elapsed = time.monotonic() - started
+            progress.update(min(done_now, len(todo)), encoded=encoded, skipped=len(skipped) - len(listing_skips),
+                            clips_per_s=round(done_now / elapsed, 2) if elapsed > 0 else None)
+        progress.close()
 
     shards = _dedupe(shards)
     manifest = cache_lib.Manifest(

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -322,6 +323,7 @@ def _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_di
         "fault_dir": run_dir if not storage.is_uri(run_dir) else "/tmp/ray-ltx-faults",
         "storage_dir": run_dir,
         "fault": os.environ.get("RAY_LTX_FAULT"),
+        "interactive": sys.stderr.isatty(),  # rank 0 draws a live bar on this terminal, else progress lines
         "callbacks": callbacks,
     }
     import ray.data
@@ -432,9 +434,11 @@ def format_summary(config: Config, result: TrainResult) -> str:
         f"  outputs:     {result.output_dir}",
     ]
     if config.training.training_type == "lora":
-        lines.append(f"               pytorch_lora_weights.safetensors (LTXPipeline.load_lora_weights('{result.output_dir}'))")
+        lines.append(f"               pytorch_lora_weights.safetensors (pipe.load_lora_weights('{result.output_dir}')), "
+                     "comfyui_lora_weights.safetensors")
+        lines.append("               each checkpoint's LoRA: <checkpoint>/lora, or `ray-ltx export OUTPUT_DIR --step N`")
     else:
-        lines.append(f"               transformer/ (LTXVideoTransformer3DModel.from_pretrained('{result.output_dir}/transformer'))")
+        lines.append(f"               transformer/ (a diffusers folder: from_pretrained('{result.output_dir}/transformer'))")
     lines.append(f"  checkpoint:  {result.checkpoint}")
     if result.mlflow_run_id:
         from ray_ltx import tracking
@@ -442,7 +446,9 @@ def format_summary(config: Config, result: TrainResult) -> str:
         lines.append(f"  MLflow run:  {result.mlflow_run_id} (experiment {config.tracking.tracker_name!r})")
         lines.append(f"  MLflow UI:   mlflow ui --backend-store-uri {tracking.redact(result.tracking_uri or '')}")
     if result.memory:
-        lines.append("  memory (GiB, rank 0): " + "; ".join(
-            f"{r['stage']}: {r['memory_allocated']:.2f} / {r['max_memory_reserved']:.2f}" for r in result.memory))
+        peak = max(result.memory, key=lambda r: r["max_memory_reserved"])
+        final = result.memory[-1]
+        lines.append(f"  memory:      peak {peak['max_memory_reserved']:.2f} GiB reserved ({peak['stage']}), final "
+                     f"{final['memory_allocated']:.2f} GiB allocated (rank 0; every stage in memory.md)")
     lines.append("=" * 72)
     return "\n".join(lines)

@@ -246,7 +246,12 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     memory.record("before training start")
     epoch_seen = state.epoch
-    last_report = time.monotonic()
+    progress = None
+    if rank == 0:
+        from ray_ltx.progress import Progress
+
+        progress = Progress(training.train_steps, "step", "steps", logger=log, start=state.step,
+                            bar=bool(loop_config.get("interactive")), remote=True)
     while state.step < training.train_steps:
         step = state.step
         started = time.perf_counter()
@@ -293,7 +298,8 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
             metrics["gpu_memory_allocated_gib"] = torch.cuda.memory_allocated(device) / 2**30
             metrics["gpu_memory_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
         if state.epoch != epoch_seen:
-            memory.record(f"after epoch {epoch_seen + 1}")
+            if epoch_seen == 0:  # the first epoch's figure is what finetrainers reports; later ones repeat it
+                memory.record("after epoch 1")
             epoch_seen = state.epoch
         eval_every = config.validation.validation_loss_steps or training.checkpointing_steps
         done = state.step >= training.train_steps
@@ -303,10 +309,10 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
                                     state.step % config.validation.validation_steps == 0)):
             validate(state.step)
         tracker.log(state.step, metrics)
-        if rank == 0 and (time.monotonic() - last_report > 10 or done or state.step == 1):
-            last_report = time.monotonic()
-            log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f %.2f s/step %.1f samples/s", state.step,
-                     training.train_steps, state.last_loss, metrics["lr"], grad_norm, seconds, metrics["samples_per_s"])
+        if progress is not None:
+            progress.update(state.step, loss=round(state.last_loss, 4), lr=metrics["lr"],
+                            grad_norm=round(grad_norm, 3), s_per_step=round(seconds, 3),
+                            samples_per_s=round(metrics["samples_per_s"], 2))
         report = {"step": state.step, **{k: v for k, v in metrics.items() if v is not None}}
         if done or state.step % training.checkpointing_steps == 0:
             tracker.flush()
@@ -317,6 +323,8 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
             _save_checkpoint(engine, state, rank, report, fault_dir, fault_spec, lora=lora)
         elif "val_loss" in metrics:
             ray.train.report(report)
+    if progress is not None:
+        progress.close()
     tracker.close(Path(loop_config["fault_dir"]))
     return {"step": state.step, "loss": state.last_loss, "trainable_parameters": trainable,
             "memory": memory.rows}

@@ -106,6 +106,10 @@ def render_validation(transformer: torch.nn.Module, config: Config, family, devi
     steps = v.validation_inference_steps or defaults["num_inference_steps"]
     guidance = defaults["guidance_scale"] if v.validation_guidance_scale is None else v.validation_guidance_scale
     pipes = {}
+    from ray_ltx.progress import Progress
+
+    progress = Progress(len(items), f"validation at step {step}: video", "videos", logger=log, every_s=0.0,
+                        bar=False)
     was_training = transformer.training
     transformer.eval()
     outputs = []
@@ -125,6 +129,7 @@ def render_validation(transformer: torch.nn.Module, config: Config, family, devi
                                      **extra).frames[0]
             path = write_mp4(frames, out_dir / f"step_{step:06d}" / f"prompt_{i:02d}.mp4", v.validation_fps)
             outputs.append((path, item))
+            progress.update(i + 1, prompt=item.prompt[:60])
     finally:
         transformer.train(was_training)
         pipes.clear()
