@@ -42,8 +42,8 @@ def interactive() -> bool:
 
 
 class Progress:
-    """``total`` units of work; :meth:`update` after each; rate and ETA from the time since the first update
-    (so compilation or model loading before it does not skew the estimate)."""
+    """``total`` units of work; :meth:`update` after each; rate and ETA from the time since the Progress was made
+    (create it right before the work, after loading models)."""
 
     def __init__(self, total: int, what: str, unit: str = "it", logger: logging.Logger | None = None,
                  every_s: float = 10.0, bar: bool | None = None, remote: bool = False, start: int = 0):
@@ -52,14 +52,14 @@ class Progress:
         self.every_s = every_s
         self.done = start
         self.started = time.monotonic()
-        self.first: tuple[float, int] | None = None
+        self.first: tuple[float, int] = (self.started, start)
         self.last_line = 0.0
         self._bar = None
         if bar if bar is not None else interactive():
             self._bar = _make_bar(total, what, unit, remote, start)
 
     def eta_s(self) -> float | None:
-        if self.first is None or self.done <= self.first[1]:
+        if self.done <= self.first[1]:
             return None
         rate = (self.done - self.first[1]) / (time.monotonic() - self.first[0])
         return (self.total - self.done) / rate if rate > 0 else None
@@ -67,8 +67,6 @@ class Progress:
     def update(self, done: int | None = None, force: bool = False, **fields: Any) -> None:
         self.done = self.done + 1 if done is None else done
         now = time.monotonic()
-        if self.first is None:
-            self.first = (now, self.done)
         text = ", ".join(f"{k} {_show(v)}" for k, v in fields.items() if v is not None)
         if self._bar is not None:
             self._bar.n = self.done
@@ -79,7 +77,7 @@ class Progress:
             self._bar.refresh()
             return
         finished = self.done >= self.total
-        if force or finished or now - self.last_line >= self.every_s or self.done == self.first[1]:
+        if force or finished or now - self.last_line >= self.every_s:
             self.last_line = now
             eta = self.eta_s()
             percent = 100.0 * self.done / self.total if self.total else 100.0

@@ -111,7 +111,12 @@ def test_driver_killed_then_resumed(tiny_model: Path, sample_data: Path, shared_
                               "--ray_address", address, "--resume_from_checkpoint", "latest"],
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert re.search(r"resuming from .*checkpoint_\d+ \(step [1-9]", resumed.stderr + resumed.stdout)
+    log = resumed.stderr + resumed.stdout
+    assert re.search(r"resuming from .*checkpoint_\d+ \(step [1-9]", log)
+    # a non-interactive log: progress lines with an ETA from rank 0, none of Ray's per-report chatter
+    assert re.search(rf"step {before.step + 1}/{before.step + 4} steps \(\d+%\), loss [0-9.]+.*ETA \d+:\d\d", log), log[-3000:]
+    assert f"step {before.step + 4}/{before.step + 4} steps (100%)" in log
+    assert "Reporting training result" not in log and "Failed to query Ray Train Controller" not in log
     _, after = latest_checkpoint(str(run_dir))
     assert after.step == before.step + 4 >= 6
 
