@@ -189,7 +189,8 @@ class TrainingConfig(_Section):
     """Image-to-video training: probability per sample that the first latent frame stays clean (sigma 0, left out
     of the loss), as the image-to-video and condition pipelines use it at inference."""
     nan_policy: Literal["stop", "skip"] = "stop"
-    """On a NaN/inf loss: stop with a message naming the step, or skip the step and count it."""
+    """On a NaN/inf loss or gradient: stop with a message naming the step and the last good checkpoint, or skip
+    the step (no update) and count it; skipping needs --backend ddp or fsdp (DeepSpeed stops)."""
     max_skipped_steps: int = Field(default=10, ge=0)
     """With nan_policy=skip, stop after this many skipped steps."""
 

@@ -62,6 +62,12 @@ class StorageFullError(UserError):
     exit_code = 9
 
 
+class OutOfMemoryError(UserError):
+    """A GPU (or host) ran out of memory: the same settings would run out again."""
+
+    exit_code = 10
+
+
 def is_disk_full(error: BaseException) -> bool:
     """True if ``error`` (or anything it wraps, Ray's wrappers included) is ENOSPC / EDQUOT."""
     import errno

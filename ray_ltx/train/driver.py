@@ -306,6 +306,11 @@ def _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_di
         path, state = found
         log.info("the run already reached step %d of %d; re-exporting from %s", state.step, training.train_steps, path)
         return state.step, state.last_loss, path, state.trainable_parameters, []
+    from ray_ltx.train.loop import FATAL
+
+    stale = storage.join(run_dir, FATAL)
+    if storage.is_file(stale):  # from an earlier attempt of this run; this one starts afresh
+        storage.delete_file(stale)
     plan = build_plan(cache, per_bucket, training.batch_size, training.gradient_accumulation_steps, world,
                       training.seed, start_step, training.train_steps)
     log.info("training %d steps (from step %d) on %d samples in %d bucket(s): %d micro-batches per epoch, %d workers",
@@ -332,11 +337,25 @@ def _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_di
     ray.data.DataContext.get_current().enable_progress_bars = False
     trainer = build_trainer(config, loop_config, {"train": training_dataset(cache, plan)})
     result = _fit_interruptibly(trainer)
+    value = result.return_value or {}
+    if value.get("fatal"):
+        raise _fatal_error(value["fatal"])
     if result.checkpoint is None:
         raise CheckpointError(f"training ended without a final checkpoint in {run_dir}")
-    value = result.return_value or {}
+    if value.get("validation_error"):
+        log.warning("%s; the final weights are saved", value["validation_error"])
     return (value.get("step", training.train_steps), value.get("loss"), result.checkpoint.path,
             value.get("trainable_parameters", 0), value.get("memory", []))
+
+
+def _fatal_error(record: dict[str, str]) -> UserError:
+    """A worker's deterministic error (recorded by the train loop), as the user error it was."""
+    from ray_ltx import errors
+
+    cls = getattr(errors, record.get("type", ""), None)
+    if not (isinstance(cls, type) and issubclass(cls, UserError)):
+        cls = UserError
+    return cls(record.get("message", "training failed"))
 
 
 def _fit_interruptibly(trainer):

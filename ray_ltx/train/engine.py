@@ -44,8 +44,15 @@ class Engine:
         """Apply the accumulated gradients; returns the global gradient norm before clipping."""
         raise NotImplementedError
 
+    #: Whether a step with non-finite gradients can be skipped before its update reaches the weights.
+    can_skip = True
+
     def zero_grad(self) -> None:
-        """Drop accumulated gradients without stepping (a skipped non-finite step)."""
+        """Drop accumulated gradients without stepping."""
+        raise NotImplementedError
+
+    def skip(self) -> None:
+        """A skipped step: no update, gradients dropped, the LR schedule moves on with the step count."""
         raise NotImplementedError
 
     @property
@@ -93,14 +100,21 @@ class DDPEngine(Engine):
 
     def step(self) -> float:
         limit = self.max_grad_norm if self.max_grad_norm > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.params, limit)
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, limit))
+        if not math.isfinite(norm):  # an inf/nan gradient would turn every weight into nan: no update
+            self.skip()
+            return norm
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+
+    def skip(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
 
     @property
     def lr(self) -> float:
@@ -174,7 +188,13 @@ class DeepSpeedEngine(Engine):
     def step(self) -> float:
         return self._norm
 
+    # DeepSpeed applies the update inside backward at the accumulation boundary: too late to skip it.
+    can_skip = False
+
     def zero_grad(self) -> None:
+        self.engine.zero_grad()
+
+    def skip(self) -> None:
         self.engine.zero_grad()
 
     @property

@@ -3,7 +3,8 @@
 The driver reads the variable and hands it to the workers in the loop config (workers of an
 already running cluster do not see the driver's environment). Kinds: ``raise`` (an exception in the training step), ``kill`` (the worker SIGKILLs itself),
 ``checkpoint`` (the worker dies half-way through writing a checkpoint), ``nan`` (the loss of that
-step becomes NaN), ``shard`` (a preprocessing write task dies half-way through a shard; use
+step becomes NaN), ``infgrad`` (the loss stays finite but its gradients are infinite), ``oom`` (the step
+runs out of GPU memory), ``shard`` (a preprocessing write task dies half-way through a shard; use
 ``shard@0``). Each fault fires once per run: a marker file in ``RAY_LTX_FAULT_DIR`` (default:
 the run's storage folder) records that it fired, so the restarted worker goes on.
 """
@@ -14,7 +15,7 @@ import os
 import signal
 from pathlib import Path
 
-KINDS = ("raise", "kill", "checkpoint", "nan", "shard")
+KINDS = ("raise", "kill", "checkpoint", "nan", "infgrad", "oom", "shard")
 
 
 class InjectedFault(RuntimeError):
@@ -54,4 +55,24 @@ def check(spec: str | None) -> None:
 def fire(kind: str, step: int) -> None:
     if kind == "raise":
         raise InjectedFault(f"fault injected by RAY_LTX_FAULT at step {step}")
+    if kind == "oom":
+        import torch
+
+        raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 20.00 GiB (injected at step {step})")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def infinite_gradient(loss):
+    """``loss`` unchanged, but every gradient that flows back through it infinite (an overflow in backward)."""
+    import torch
+
+    class _Infinite(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, value):  # noqa: ARG004 - autograd's signature
+            return value.view_as(value)
+
+        @staticmethod
+        def backward(ctx, grad):  # noqa: ARG004
+            return grad * float("inf")
+
+    return _Infinite.apply(loss)

@@ -9,6 +9,7 @@ model-specific goes through the model family (:mod:`ray_ltx.model.family`).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -22,9 +23,10 @@ import ray.train
 import torch
 import torch.distributed as dist
 
+from ray_ltx import storage
 from ray_ltx.config import Config
 from ray_ltx.data.cache import read_empty_prompt
-from ray_ltx.errors import TrainingDivergedError
+from ray_ltx.errors import OutOfMemoryError, TrainingDivergedError, UserError
 from ray_ltx.model.family import LatentSpec, ModelFamily, family_for, torch_dtype
 from ray_ltx.model.flow import drop_captions, flow_matching_loss, heldout_loss
 from ray_ltx.train import checkpoint as ckpt
@@ -178,7 +180,51 @@ def _restore(engine, loop_config: dict[str, Any], config: Config, world: int) ->
     return state
 
 
+#: Written to the run's storage when a worker hits a deterministic error (see :func:`train_loop`).
+FATAL = "fatal.json"
+
+#: The knobs that lower training memory, for out-of-memory messages.
+MEMORY_KNOBS = ("lower --batch_size (raise --gradient_accumulation_steps to keep the global batch), "
+                "--gradient_checkpointing, --layerwise_upcasting_modules transformer (float8 frozen weights), "
+                "--backend fsdp or --backend deepspeed --deepspeed_stage 3 with more GPUs (--num_workers), "
+                "--offload_optimizer, and for validation --enable_tiling or smaller --validation_height/width")
+
+
 def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
+    """The train function of every worker; a deterministic failure ends the run without Ray Train's retries.
+
+    Ray Train retries every worker error ``max_failures`` times, which helps against lost workers and nodes but
+    only repeats a diverged loss, an out-of-memory setting or a damaged cache. Such an error is recorded in the
+    run's storage before it propagates; a retried attempt finds it and returns it at once, and the driver
+    raises it as the user's error.
+    """
+    fatal_path = storage.join(loop_config["storage_dir"], FATAL)
+    if storage.is_file(fatal_path):
+        return {"fatal": json.loads(storage.read_text(fatal_path))}
+    try:
+        return _train(loop_config)
+    except (UserError, torch.OutOfMemoryError) as error:
+        record = _fatal_record(error, loop_config)
+        try:
+            storage.write_text(fatal_path, json.dumps(record))
+        except OSError:
+            log.exception("could not record the fatal error in %s", fatal_path)
+        if isinstance(error, torch.OutOfMemoryError):
+            raise OutOfMemoryError(record["message"]) from error
+        raise
+
+
+def _fatal_record(error: BaseException, loop_config: dict[str, Any]) -> dict[str, str]:
+    if isinstance(error, torch.OutOfMemoryError):
+        rank = ray.train.get_context().get_world_rank()
+        first_line = str(error).splitlines()[0] if str(error) else "out of memory"
+        return {"type": "OutOfMemoryError",
+                "message": f"out of memory on rank {rank} ({first_line}). The same settings would run out again; "
+                           f"to use less memory: {MEMORY_KNOBS}. Then rerun with --resume_from_checkpoint latest"}
+    return {"type": type(error).__name__, "message": str(error)}
+
+
+def _train(loop_config: dict[str, Any]) -> dict[str, Any]:
     config = Config.from_dict(loop_config["config"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -233,16 +279,30 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     # Under ZeRO-3 the weights are sharded, so every rank joins the forward passes; otherwise rank 0 alone.
     all_ranks_validate = config.distributed.backend == "deepspeed" and config.distributed.deepspeed_stage == 3
 
-    def validate(step: int) -> None:
+    validation_error: list[str | None] = [None]
+
+    def validate(step: int) -> bool:
+        """Render the validation videos; a failure (out of memory with the VAE loaded, an unreadable prompt
+        file) is reported and ends validation for this run, never the training. Returns: validate again."""
         if rank != 0 and not all_ranks_validate:
-            return
+            return True
         memory.record(f"before validation start (step {step})")
-        outputs = validation.render_validation(engine.model, config, family, device, step, Path(tempfile.mkdtemp()))
+        try:
+            outputs = validation.render_validation(engine.model, config, family, device, step,
+                                                   Path(tempfile.mkdtemp()))
+        except Exception as error:  # noqa: BLE001 - any failure here must not cost the run its weights
+            validation_error[0] = f"validation at step {step} failed: {type(error).__name__}: {error}"
+            log.warning("%s; training goes on without validation (the weights are saved as usual)",
+                        validation_error[0])
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            return False
         memory.record(f"after validation end (step {step})")
         if rank == 0:
             tracker.log_videos(step, outputs, config.output_dir)
         for path, _ in outputs:
             shutil.rmtree(path.parent, ignore_errors=True)
+        return True
 
     memory.record("before training start")
     epoch_seen = state.epoch
@@ -266,9 +326,12 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
                 with torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32):
                     loss = flow_matching_loss(family, engine.module, batch, spec, diffusion, generator, compute,
                                               training.first_frame_conditioning_p)
-                fault = faults.triggered(fault_spec, ("raise", "kill", "nan"), step, rank, fault_dir) if micro == 0 else None
+                fault = (faults.triggered(fault_spec, ("raise", "kill", "nan", "infgrad", "oom"), step, rank, fault_dir)
+                         if micro == 0 else None)
                 if fault == "nan":
                     loss = loss * float("nan")
+                elif fault == "infgrad":
+                    loss = faults.infinite_gradient(loss)
                 elif fault:
                     faults.fire(fault, step)
                 engine.backward(loss / accumulation)
@@ -277,57 +340,63 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
             samples += batch.latents.shape[0]
         total_loss, nonfinite, total_tokens, total_samples = _all_reduce(
             [loss_sum / accumulation, 0.0 if math.isfinite(loss_sum) else 1.0, tokens, samples], device, world)
+        grad_norm = math.nan
         if nonfinite:
-            engine.zero_grad()
-            _handle_nonfinite(state, config, loop_config, step)
-            state.step += 1
-            continue
-        grad_norm = engine.step()
+            engine.skip()
+        else:
+            grad_norm = engine.step()  # a non-finite gradient norm skips the update (the weights stay clean)
+        stepped = not nonfinite and math.isfinite(grad_norm)
+        if not stepped:
+            _handle_nonfinite(state, config, loop_config, step, "loss" if nonfinite else "gradients", engine)
         state.step += 1
-        state.last_loss = total_loss / world
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - started
-        metrics = {
-            "loss": state.last_loss, "lr": engine.lr, "grad_norm": grad_norm, "step_time_s": seconds,
-            "samples_per_s": total_samples / seconds, "tokens_per_s": total_tokens / seconds,
-            "epoch": state.epoch, "skipped_steps": state.skipped_steps,
-        }
-        metrics.update(_process_health())
-        if device.type == "cuda":
-            metrics["gpu_memory_allocated_gib"] = torch.cuda.memory_allocated(device) / 2**30
-            metrics["gpu_memory_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
-        if state.epoch != epoch_seen:
-            if epoch_seen == 0:  # the first epoch's figure is what finetrainers reports; later ones repeat it
-                memory.record("after epoch 1")
-            epoch_seen = state.epoch
-        eval_every = config.validation.validation_loss_steps or training.checkpointing_steps
         done = state.step >= training.train_steps
-        if heldout and (state.step % eval_every == 0 or done):
-            metrics["val_loss"] = evaluate()
-        if validating and (done or (config.validation.validation_steps and
-                                    state.step % config.validation.validation_steps == 0)):
-            validate(state.step)
-        tracker.log(state.step, metrics)
-        if progress is not None:
-            progress.update(state.step, loss=round(state.last_loss, 4), lr=metrics["lr"],
-                            grad_norm=round(grad_norm, 3), s_per_step=round(seconds, 3),
-                            samples_per_s=round(metrics["samples_per_s"], 2))
-        report = {"step": state.step, **{k: v for k, v in metrics.items() if v is not None}}
-        if done or state.step % training.checkpointing_steps == 0:
+        checkpoint_due = done or state.step % training.checkpointing_steps == 0
+        report: dict[str, Any] = {"step": state.step, "skipped_steps": state.skipped_steps}
+        if stepped:
+            state.last_loss = total_loss / world
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - started
+            metrics = {
+                "loss": state.last_loss, "lr": engine.lr, "grad_norm": grad_norm, "step_time_s": seconds,
+                "samples_per_s": total_samples / seconds, "tokens_per_s": total_tokens / seconds,
+                "epoch": state.epoch, "skipped_steps": state.skipped_steps,
+            }
+            metrics.update(_process_health())
+            if device.type == "cuda":
+                metrics["gpu_memory_allocated_gib"] = torch.cuda.memory_allocated(device) / 2**30
+                metrics["gpu_memory_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+            if state.epoch != epoch_seen:
+                if epoch_seen == 0:  # the first epoch's figure is what finetrainers reports; later ones repeat it
+                    memory.record("after epoch 1")
+                epoch_seen = state.epoch
+            eval_every = config.validation.validation_loss_steps or training.checkpointing_steps
+            if heldout and (state.step % eval_every == 0 or done):
+                metrics["val_loss"] = evaluate()
+            tracker.log(state.step, metrics)
+            if progress is not None:
+                progress.update(state.step, loss=round(state.last_loss, 4), lr=metrics["lr"],
+                                grad_norm=round(grad_norm, 3), s_per_step=round(seconds, 3),
+                                samples_per_s=round(metrics["samples_per_s"], 2))
+            report = {"step": state.step, **{k: v for k, v in metrics.items() if v is not None}}
+        if checkpoint_due:
             tracker.flush()
+        # The final weights are saved before the last validation, so nothing that goes wrong there can lose them.
         if done:
             memory.record("after training end")
             _save_checkpoint(engine, state, rank, report, fault_dir, fault_spec, lora=lora, export=export)
-        elif state.step % training.checkpointing_steps == 0:
+        elif checkpoint_due:
             _save_checkpoint(engine, state, rank, report, fault_dir, fault_spec, lora=lora)
-        elif "val_loss" in metrics:
+        elif "val_loss" in report:
             ray.train.report(report)
+        if validating and (done or (config.validation.validation_steps and
+                                    state.step % config.validation.validation_steps == 0)):
+            validating = validate(state.step)
     if progress is not None:
         progress.close()
     tracker.close(Path(loop_config["fault_dir"]))
     return {"step": state.step, "loss": state.last_loss, "trainable_parameters": trainable,
-            "memory": memory.rows}
+            "memory": memory.rows, "validation_error": validation_error[0]}
 
 
 def _process_health() -> dict[str, float]:
@@ -340,19 +409,23 @@ def _process_health() -> dict[str, float]:
     return {"process_rss_gib": rss / 2**30, "open_files": float(len(os.listdir("/proc/self/fd")))}
 
 
-def _handle_nonfinite(state: ckpt.TrainState, config: Config, loop_config: dict[str, Any], step: int) -> None:
+def _handle_nonfinite(state: ckpt.TrainState, config: Config, loop_config: dict[str, Any], step: int, what: str,
+                      engine) -> None:
+    """A step whose loss or gradients were not finite: skipped (the update was not applied) or the run stops."""
     training = config.training
-    if training.nan_policy == "skip" and state.skipped_steps < training.max_skipped_steps:
+    if training.nan_policy == "skip" and state.skipped_steps < training.max_skipped_steps and engine.can_skip:
         state.skipped_steps += 1
-        log.warning("step %d: non-finite loss or gradients, step skipped (%d/%d allowed)", step + 1,
+        log.warning("step %d: non-finite %s, step skipped, weights unchanged (%d/%d allowed)", step + 1, what,
                     state.skipped_steps, training.max_skipped_steps)
         return
     last_good = state.step - state.step % training.checkpointing_steps
     where = f"checkpoint_{last_good:08d}" if last_good else "no checkpoint yet"
+    skip_hint = ("pass --nan_policy skip (up to --max_skipped_steps)" if engine.can_skip else
+                 "a DeepSpeed step cannot be skipped once its gradients are in: use --backend ddp or fsdp to skip")
     raise TrainingDivergedError(
-        f"non-finite loss at step {step + 1} (after {state.skipped_steps} skipped steps); last good: {where} in "
-        f"{loop_config['storage_dir']}. Lower --lr, raise --max_grad_norm protection, or pass --nan_policy skip "
-        f"(up to --max_skipped_steps) and resume with --resume_from_checkpoint latest"
+        f"non-finite {what} at step {step + 1} (after {state.skipped_steps} skipped steps); last good: {where} in "
+        f"{loop_config['storage_dir']}. Lower --lr, raise --max_grad_norm protection, or {skip_hint}, and resume "
+        "with --resume_from_checkpoint latest"
     )
 
 
