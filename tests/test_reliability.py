@@ -20,7 +20,8 @@ from conftest import MlflowServer, base_config
 from ray_ltx.data.cache import LatentCache
 from ray_ltx.data.pipeline import preprocess
 from ray_ltx.errors import CheckpointError, OutputDirError
-from ray_ltx.train.driver import latest_checkpoint, train
+from ray_ltx.train.checkpoint import latest_checkpoint
+from ray_ltx.train.driver import train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 REPO = Path(__file__).resolve().parents[1]

@@ -127,6 +127,7 @@ class ShardInfo:
     bucket: str
     sample_ids: list[str | None]
     truncated: int = 0
+    size: int | None = None  # bytes as written (None in caches of earlier ray-ltx versions)
 
 
 def write_shard(cache_dir: str, bucket: str, rows: list[dict[str, Any]], digest: str, latent_spec: str) -> ShardInfo:
@@ -140,8 +141,10 @@ def write_shard(cache_dir: str, bucket: str, rows: list[dict[str, Any]], digest:
     buffer = io.BytesIO()
     pq.write_table(table, buffer, row_group_size=1, compression="zstd")
     rel = f"{SHARDS}/{bucket}/{rows[0]['sample_id']}-{uuid.uuid4().hex[:8]}.parquet"
-    storage.write_bytes(storage.join(cache_dir, rel), buffer.getvalue())
-    return ShardInfo(rel, bucket, [row["sample_id"] for row in rows], sum(bool(r["caption_truncated"]) for r in rows))
+    data = buffer.getvalue()
+    storage.write_bytes(storage.join(cache_dir, rel), data)
+    return ShardInfo(rel, bucket, [row["sample_id"] for row in rows], sum(bool(r["caption_truncated"]) for r in rows),
+                     len(data))
 
 
 @dataclass
@@ -155,6 +158,7 @@ def read_shard_header(cache_dir: str, rel: str) -> ShardHeader:
     """A shard's fingerprint, latent spec and sample ids, reading only metadata and two small columns."""
     fs, inner = storage.filesystem(storage.join(cache_dir, rel))
     with fs.open_input_file(inner) as handle:
+        size = handle.size()
         parquet = pq.ParquetFile(handle)
         metadata = parquet.schema_arrow.metadata or {}
         table = parquet.read(columns=["sample_id", "bucket", "caption_truncated"])
@@ -165,7 +169,7 @@ def read_shard_header(cache_dir: str, rel: str) -> ShardHeader:
     return ShardHeader(
         digest.decode() if digest else None,
         spec.decode() if spec else None,
-        ShardInfo(rel, buckets[0] if buckets else "", ids, truncated),
+        ShardInfo(rel, buckets[0] if buckets else "", ids, truncated, size),
     )
 
 
@@ -230,7 +234,8 @@ class Manifest:
             "truncated_captions": self.truncated_captions,
             "stats": self.stats,
             "shards": [
-                {"path": s.path, "bucket": s.bucket, "sample_ids": s.sample_ids, "truncated": s.truncated}
+                {"path": s.path, "bucket": s.bucket, "sample_ids": s.sample_ids, "truncated": s.truncated,
+                 "size": s.size}
                 for s in self.shards
             ],
             "skipped": self.skipped,
@@ -244,14 +249,22 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        if data.get("format_version") != FORMAT_VERSION:
-            raise CacheError(f"cache format {data.get('format_version')} is not {FORMAT_VERSION}: rebuild the cache "
-                             "with --rebuild_cache")
+        if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+            found = data.get("format_version") if isinstance(data, dict) else type(data).__name__
+            raise CacheError(f"cache format {found} is not {FORMAT_VERSION}: rebuild the cache with --rebuild_cache")
+        try:
+            return cls._from_dict(data)
+        except (KeyError, TypeError, ValueError) as error:
+            raise CacheError(f"the cache manifest is damaged ({type(error).__name__}: {error} missing or malformed); "
+                             "rebuild the cache with --rebuild_cache (complete shards are checked and reused)") from None
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any]) -> Manifest:
         return cls(
             fingerprint=data["fingerprint"],
             latent_spec=data["latent_spec"],
             buckets=data["buckets"],
-            shards=[ShardInfo(s["path"], s["bucket"], list(s["sample_ids"]), s.get("truncated", 0))
+            shards=[ShardInfo(s["path"], s["bucket"], list(s["sample_ids"]), s.get("truncated", 0), s.get("size"))
                     for s in data["shards"]],
             skipped=data.get("skipped", []),
             layout=data.get("layout", ""),
@@ -315,6 +328,17 @@ def read_samples(cache_dir: str, refs: Sequence[tuple[str, int]]) -> list[dict[s
             rows = pq.ParquetFile(handle).read_row_groups(ordered).to_pylist()
         loaded.update({(shard, index): row for index, row in zip(ordered, rows, strict=True)})
     return [loaded[ref] for ref in refs]
+
+
+def damaged_shards(cache_dir: str, manifest: Manifest) -> list[str]:
+    """Shards of the manifest that are missing or not the size they were written with."""
+    import pyarrow.fs as pafs
+
+    fs, inner = storage.filesystem(storage.join(cache_dir, SHARDS))
+    base = inner.rstrip("/")
+    infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True, allow_not_found=True))
+    sizes = {f"{SHARDS}/{info.path[len(base) + 1:]}": info.size for info in infos if info.type == pafs.FileType.File}
+    return [s.path for s in manifest.shards if s.path not in sizes or (s.size is not None and sizes[s.path] != s.size)]
 
 
 class LatentCache:

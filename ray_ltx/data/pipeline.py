@@ -29,6 +29,7 @@ from ray_ltx.data.buckets import Bucket, assign_bucket
 from ray_ltx.data.encode import OK, PROMPT_ONLY, PromptEncoder, VaeEncoder
 from ray_ltx.data.sources import Record, Skip, dataset_given, dataset_name, read_records
 from ray_ltx.errors import CacheError, DatasetError, StorageFullError, is_disk_full
+from ray_ltx.redaction import redact
 from ray_ltx.train import faults
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def decode_clips(batch: dict[str, Any], buckets: list[str], data: dict[str, Any]
 
 # -- stage 4: write shards (tasks) ---------------------------------------------------------------
 
-RESULT_KEYS = ("kind", "path", "bucket", "sample_ids", "reason", "detail", "truncated", "latent_spec")
+RESULT_KEYS = ("kind", "path", "bucket", "sample_ids", "reason", "detail", "truncated", "latent_spec", "size")
 
 
 def write_shards(batch: dict[str, Any], cache_dir: str, digest: str, fault: str | None = None) -> dict[str, list[Any]]:
@@ -141,14 +142,39 @@ def write_shards(batch: dict[str, Any], cache_dir: str, digest: str, fault: str 
         info = cache_lib.write_shard(cache_dir, bucket, rows, digest, spec)
         results.append({"kind": "shard", "path": info.path, "bucket": bucket,
                         "sample_ids": json.dumps(info.sample_ids), "truncated": info.truncated,
-                        "latent_spec": spec})
+                        "latent_spec": spec, "size": info.size})
     defaults = {"path": "", "bucket": "", "sample_ids": "[]", "reason": "", "detail": "", "truncated": 0,
-                "latent_spec": ""}
+                "latent_spec": "", "size": 0}
     rows = [{**defaults, **r} for r in results] or [{**defaults, "kind": "none"}]
     return {key: [row[key] for row in rows] for key in RESULT_KEYS}
 
 
 # -- the driver ----------------------------------------------------------------------------------
+
+
+def _read_manifest_or_rebuild(config: Config, cache_dir: str) -> cache_lib.Manifest | None:
+    """The cache's manifest; a damaged one is an error that says how to recover, or with --rebuild_cache, nothing."""
+    try:
+        return cache_lib.read_manifest(cache_dir)
+    except CacheError as error:
+        if not config.data.rebuild_cache:
+            raise
+        log.warning("%s: rebuilding the cache", error)
+        return None
+
+
+def _readable_shards(cache_dir: str) -> list[cache_lib.ShardHeader]:
+    """Headers of the shards on storage; a damaged shard (truncated, foreign) is deleted with a warning so its
+    samples are encoded again (shards are written whole, so a damaged one is nobody's good data)."""
+    headers = []
+    for rel in cache_lib.existing_shards(cache_dir):
+        try:
+            headers.append(cache_lib.read_shard_header(cache_dir, rel))
+        except Exception as error:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...: all mean damaged
+            log.warning("passing over the damaged cache shard %s (%s: %s); its samples are encoded again",
+                        redact(storage.join(cache_dir, rel)), type(error).__name__, error)
+            storage.delete_file(storage.join(cache_dir, rel))
+    return headers
 
 
 def _check_fingerprint(config: Config, cache_dir: str, fp: dict[str, Any], existing: cache_lib.Manifest | None,
@@ -189,7 +215,8 @@ def _reuse(records: list[Record], headers: list[cache_lib.ShardHeader]) -> tuple
             if keep:
                 seen.add(sid)
         if any(ids):
-            shards.append(cache_lib.ShardInfo(header.info.path, header.info.bucket, ids, header.info.truncated))
+            shards.append(cache_lib.ShardInfo(header.info.path, header.info.bucket, ids, header.info.truncated,
+                                              header.info.size))
     return shards, seen
 
 
@@ -266,8 +293,8 @@ def preprocess(config: Config) -> cache_lib.Manifest:
     family.check_training()
     fp = cache_lib.fingerprint(config, family.fingerprint())
     digest = cache_lib.fingerprint_digest(fp)
-    existing = cache_lib.read_manifest(cache_dir)
-    headers = [cache_lib.read_shard_header(cache_dir, rel) for rel in cache_lib.existing_shards(cache_dir)]
+    existing = _read_manifest_or_rebuild(config, cache_dir)
+    headers = _readable_shards(cache_dir)
     _check_fingerprint(config, cache_dir, fp, existing, headers, digest)
     shards, done = _reuse(records, headers)
     spec = next((h.latent_spec for h in headers if h.latent_spec), None)
@@ -296,7 +323,7 @@ def preprocess(config: Config) -> cache_lib.Manifest:
                 if kind == "shard":
                     ids = json.loads(batch["sample_ids"][i])
                     shards.append(cache_lib.ShardInfo(batch["path"][i], batch["bucket"][i], ids,
-                                                      int(batch["truncated"][i])))
+                                                      int(batch["truncated"][i]), int(batch["size"][i])))
                     spec = spec or batch["latent_spec"][i]
                     encoded += len(ids)
                 elif kind == "skip":
@@ -332,7 +359,7 @@ def _dedupe(shards: list[cache_lib.ShardInfo]) -> list[cache_lib.ShardInfo]:
             if sid is not None:
                 seen.add(sid)
         if any(ids):
-            out.append(cache_lib.ShardInfo(shard.path, shard.bucket, ids, shard.truncated))
+            out.append(cache_lib.ShardInfo(shard.path, shard.bucket, ids, shard.truncated, shard.size))
     return out
 
 
@@ -370,6 +397,11 @@ def ensure_cache(config: Config) -> cache_lib.LatentCache:
         preprocess(config)
         return cache_lib.LatentCache.open(cache_dir)
     latent_cache = cache_lib.LatentCache.open(cache_dir)
+    damaged = cache_lib.damaged_shards(cache_dir, latent_cache.manifest)
+    if damaged:
+        raise CacheError(
+            f"the latent cache in {redact(cache_dir)} has {len(damaged)} damaged or missing shard(s) (e.g. {damaged[0]}): "
+            "run `ray-ltx preprocess` (or train) with --data_root to encode those samples again; the rest is reused")
     fp = cache_lib.fingerprint(config, family_for(config).fingerprint())
     problems = cache_lib.describe_mismatch(fp, latent_cache.manifest.fingerprint)
     wanted = {str(b) for b in config.data.video_resolution_buckets}

@@ -59,31 +59,10 @@ def storage_dir(config: Config) -> str:
     return storage.join(storage.absolute(config.storage_path), config.distributed.run_name)
 
 
-def _checkpoint_dirs(run_dir: str) -> list[str]:
-    return [storage.join(run_dir, name) for name in storage.list_dirs(run_dir) if name.startswith("checkpoint_")]
-
-
-def read_state(path: str) -> ckpt.TrainState:
-    """The state of a complete checkpoint (local: every rank's listing verified; remote: its state.json)."""
-    if storage.is_uri(path):
-        return ckpt.TrainState(**json.loads(storage.read_text(storage.join(path, ckpt.STATE))))
-    return ckpt.verify(Path(path))
-
-
-def latest_checkpoint(run_dir: str) -> tuple[str, ckpt.TrainState] | None:
-    """The newest complete checkpoint of a run (incomplete ones, e.g. from a crash mid-save, are passed over)."""
-    for path in reversed(_checkpoint_dirs(run_dir)):
-        try:
-            return path, read_state(path)
-        except (CheckpointError, OSError, ValueError) as error:
-            log.warning("passing over %s: %s", path, error)
-    return None
-
-
 def _prepare_output_dir(config: Config, run_dir: str) -> None:
     """Refuse to mix two runs in one output_dir unless asked to resume or overwrite."""
     output = storage.absolute(config.output_dir)
-    previous = storage.is_file(storage.join(output, TRAINING_CONFIG)) or bool(_checkpoint_dirs(run_dir)) \
+    previous = storage.is_file(storage.join(output, TRAINING_CONFIG)) or bool(ckpt.checkpoint_dirs(run_dir)) \
         or storage.is_file(storage.join(run_dir, "checkpoint_manager_snapshot.json"))
     if not previous:
         return
@@ -117,17 +96,26 @@ def _resume_point(config: Config, run_dir: str) -> tuple[str | None, int]:
         return None, 0
     explicit = None
     if wanted == "latest":
-        found = latest_checkpoint(run_dir)
+        found = ckpt.latest_checkpoint(run_dir)
         if found is None:
             log.info("--resume_from_checkpoint latest: no checkpoint in %s yet, starting at step 0", run_dir)
             return None, 0
         path, state = found
     else:
         path = explicit = storage.absolute(wanted)
-        state = read_state(path)
+        state = ckpt.verify(path)
     ckpt.check_compatible(state, config, config.distributed.num_workers, path)
+    _retire_damaged(run_dir, state.step)
     log.info("resuming from %s (step %d)", path, state.step)
     return explicit, state.step
+
+
+def _retire_damaged(run_dir: str, step: int) -> None:
+    """Checkpoints after the resume point that failed to load go, so the steps they held are written anew."""
+    for path in ckpt.checkpoint_dirs(run_dir):
+        if storage.is_file(storage.join(path, ckpt.DAMAGED)) and int(path.rsplit("_", 1)[-1]) > step:
+            log.warning("removing %s, marked damaged; its steps are trained again from step %d", path, step)
+            storage.delete_dir(path)
 
 
 def training_config_block(config: Config, trainable: int, samples: int, shape, world: int) -> dict[str, Any]:
@@ -300,7 +288,7 @@ def _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_di
     world = config.distributed.num_workers
     training = config.training
     if start_step >= training.train_steps:
-        found = latest_checkpoint(run_dir)
+        found = ckpt.latest_checkpoint(run_dir)
         if found is None:
             raise CheckpointError(f"nothing to resume in {run_dir}")
         path, state = found

@@ -152,31 +152,39 @@ def _save_checkpoint(engine, state: ckpt.TrainState, rank: int, metrics: dict[st
 
 
 def _restore(engine, loop_config: dict[str, Any], config: Config, world: int) -> ckpt.TrainState | None:
-    """Load the newest complete checkpoint: of this run's storage folder, or the one asked to resume from.
+    """Load the newest complete checkpoint that loads: of this run's storage folder, or the one asked to resume from.
 
     The storage folder is scanned rather than trusting ``ray.train.get_checkpoint()`` alone: a
     checkpoint every rank finished writing is usable even if the controller died (driver killed) or
     failed (a worker lost) before registering it, and the driver planned the data from the same scan.
+    A checkpoint whose files pass the size check but fail to load (a corrupted byte) is marked damaged and
+    the run stops with that message; the next resume starts from the checkpoint before it.
     """
-    from ray_ltx.train.driver import latest_checkpoint, read_state
+    from ray_ltx.errors import CheckpointError
 
-    candidates = []
-    found = latest_checkpoint(loop_config["storage_dir"])
-    if found is not None:
-        candidates.append(found)
+    candidates = list(ckpt.complete_checkpoints(loop_config["storage_dir"]))
     if loop_config.get("resume_path"):
-        candidates.append((loop_config["resume_path"], read_state(loop_config["resume_path"])))
+        candidates.append((loop_config["resume_path"], ckpt.verify(loop_config["resume_path"])))
+    candidates.sort(key=lambda item: item[1].step, reverse=True)
     if not candidates:
         return None
-    path, state = max(candidates, key=lambda item: item[1].step)
-    if state.step < loop_config["plan_start_step"]:
-        from ray_ltx.errors import CheckpointError
-
+    if candidates[0][1].step < loop_config["plan_start_step"]:
         raise CheckpointError(f"the workers see no checkpoint of step {loop_config['plan_start_step']} in "
                               f"{loop_config['storage_dir']}: --storage_path must be storage every node reaches")
+    path, state = candidates[0]
     ckpt.check_compatible(state, config, world, path)
-    with ray.train.Checkpoint(path).as_directory() as directory:
-        engine.load(Path(directory))
+    try:
+        with ray.train.Checkpoint(path).as_directory() as directory:
+            engine.load(Path(directory))
+    except CheckpointError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a damaged file: mark it so the next resume takes the one before
+        reason = f"{type(error).__name__}: {error}"
+        ckpt.mark_damaged(path, reason)
+        previous = next((p for p, s in candidates[1:]), None)
+        raise CheckpointError(
+            f"{path} did not load ({reason}); it is now marked damaged. Rerun with --resume_from_checkpoint latest to "
+            f"continue from the checkpoint before it ({previous or 'none: the run starts over'})") from None
     return state
 
 
