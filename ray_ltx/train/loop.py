@@ -53,11 +53,12 @@ def prepare_transformer(config: Config, device: torch.device) -> tuple[torch.nn.
         count = sum(p.numel() for p in transformer.parameters())
     else:
         count = add_lora(transformer, config)
-    if config.training.gradient_checkpointing:
+    fsdp = config.distributed.backend == "fsdp"  # the FSDP engine checkpoint-wraps and compiles its blocks itself
+    if config.training.gradient_checkpointing and not fsdp:
         transformer.enable_gradient_checkpointing()
     transformer.to(device)
     transformer.train()
-    if config.training.compile:
+    if config.training.compile and not fsdp:
         mode = None if config.training.compile_mode == "default" else config.training.compile_mode
         for block in transformer.transformer_blocks:
             block.compile(mode=mode)
@@ -215,8 +216,9 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
         return value / len(heldout)
 
     validating = validation.enabled(config)
-    # Under ZeRO-3 the weights are sharded, so every rank joins the forward passes; otherwise rank 0 alone.
-    all_ranks_validate = config.distributed.backend == "deepspeed" and config.distributed.deepspeed_stage == 3
+    # Under ZeRO-3 and FSDP the weights are sharded, so every rank joins the forward passes; otherwise rank 0 alone.
+    all_ranks_validate = config.distributed.backend == "fsdp" or (
+        config.distributed.backend == "deepspeed" and config.distributed.deepspeed_stage == 3)
 
     def validate(step: int) -> None:
         if rank != 0 and not all_ranks_validate:
