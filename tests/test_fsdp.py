@@ -21,9 +21,10 @@ from ray_ltx.train.driver import TrainResult, train
 PROMPT = "BW_STYLE A red circle moves from left to right across a plain black background."
 LORA_FILE = "pytorch_lora_weights.safetensors"
 # One LoRA recipe for every run here: 2 micro-batches per step (the no-sync accumulation path), a checkpoint
-# at step 2 to resume from, one held-out sample (the held-out loss runs on every FSDP rank).
+# at step 2 to resume from, one held-out sample (the held-out loss runs on every FSDP rank), and clipping
+# active at every step (so the global norm over the shards must be right).
 LORA = {"train_steps": 4, "checkpointing_steps": 2, "gradient_accumulation_steps": 2, "lr": 5e-3,
-        "holdout_samples": 1}
+        "holdout_samples": 1, "max_grad_norm": 1e-3}
 
 
 @pytest.mark.parametrize(
@@ -123,3 +124,20 @@ def test_fsdp_checkpoint_of_two_workers_resumes_on_one(lora_runs, tiny_model: Pa
     assert one["fsdp"].steps == 4
     assert one["fsdp"].final_loss == pytest.approx(one["ddp"].final_loss, rel=1e-4)
     _assert_same_weights(_lora(one["fsdp"]), _lora(one["ddp"]))
+
+
+@pytest.mark.slow
+def test_fsdp_full_finetune_trains_like_ddp_and_loads_with_from_pretrained(tiny_model: Path, sample_data: Path,
+                                                                           shared_cache: Path, tmp_path: Path) -> None:
+    from diffusers import LTXVideoTransformer3DModel
+
+    weights = {}
+    for backend in ("ddp", "fsdp"):
+        config = base_config(tiny_model, sample_data, tmp_path / backend, cache_dir=str(shared_cache), backend=backend,
+                             training_type="full-finetune", train_steps=2, checkpointing_steps=2, lr=5e-4,
+                             max_grad_norm=1e-3, gradient_checkpointing=backend == "fsdp")
+        result = train(config, quiet=True)
+        weights[backend] = LTXVideoTransformer3DModel.from_pretrained(Path(result.output_dir) / "transformer").state_dict()
+    _assert_same_weights(weights["fsdp"], weights["ddp"])
+    base = LTXVideoTransformer3DModel.from_pretrained(tiny_model, subfolder="transformer").state_dict()
+    assert not torch.allclose(weights["fsdp"]["proj_in.weight"], base["proj_in.weight"])  # the root unit trained too
