@@ -52,6 +52,27 @@ def test_fsdp_offload_flags() -> None:
         build_config({"backend": "ddp", "offload_params": True})
 
 
+class _RunsCode:
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_checkpoint_metadata_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    import pickle
+
+    from ray_ltx.errors import CheckpointError
+    from ray_ltx.train.fsdp import SHARDS_DIR, _MetadataReader
+
+    shards = tmp_path / SHARDS_DIR
+    shards.mkdir()
+    payload = _RunsCode()
+    payload.marker = str(tmp_path / "code-ran")
+    (shards / ".metadata").write_bytes(pickle.dumps(payload))
+    with pytest.raises(CheckpointError, match="refusing"):
+        _MetadataReader(shards).read_metadata()
+    assert not (tmp_path / "code-ran").exists()
+
+
 @pytest.fixture(scope="module")
 def lora_runs(tiny_model: Path, sample_data: Path, shared_cache: Path, tmp_path_factory: pytest.TempPathFactory,
               ray_cluster) -> dict[str, TrainResult]:
