@@ -4,10 +4,10 @@ Every transformer block is one FSDP unit, all-gathered for its forward and backw
 after; the root unit holds the rest (patchify, time and caption embeddings, output projection).
 The order of preparation matters:
 
-1. activation checkpointing wraps each block (torch's ``checkpoint_wrapper``), so the recompute
-   in the backward pass runs inside the block's FSDP pre-forward, on the same all-gathered,
-   same-dtype parameters (diffusers' ``enable_gradient_checkpointing`` checkpoints around the FSDP
-   unit instead and fails under mixed precision: "Recomputed values ... have different metadata");
+1. activation checkpointing wraps each block (torch's ``checkpoint_wrapper``), so the checkpointed
+   region lies inside the FSDP unit and the recompute in the backward pass runs on parameters that
+   FSDP all-gathered and cast exactly as for the forward (diffusers' ``enable_gradient_checkpointing``
+   fails under FSDP mixed precision: "Recomputed values ... have different metadata");
 2. ``torch.compile`` of each (wrapped) block, when asked;
 3. ``fully_shard`` on each block, then on the root.
 
