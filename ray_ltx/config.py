@@ -273,14 +273,19 @@ class DistributedConfig(_Section):
     """Extra Ray resources each worker reserves (e.g. {"node_type_a100": 1})."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """How Ray places workers on nodes."""
-    backend: Literal["ddp", "deepspeed"] = "ddp"
-    """Plain DDP or DeepSpeed ZeRO."""
+    backend: Literal["ddp", "deepspeed", "fsdp"] = "ddp"
+    """How workers share the model: 'ddp' keeps a whole copy per worker (LoRA, and full finetunes that fit
+    one GPU); 'deepspeed' shards optimizer state (ZeRO-2) or also parameters (ZeRO-3), with optional CPU
+    offload; 'fsdp' (torch FSDP2) shards parameters, gradients and optimizer state per transformer block
+    (full finetunes larger than one GPU), and its checkpoints resume on another number of workers."""
     deepspeed_stage: Literal[2, 3] = 2
     """ZeRO stage when backend is deepspeed."""
     offload_optimizer: bool = False
-    """DeepSpeed: keep optimizer state on the CPU."""
+    """DeepSpeed: keep optimizer state on the CPU. FSDP offloads it only together with the parameters:
+    give --offload_params."""
     offload_params: bool = False
-    """DeepSpeed ZeRO-3: keep parameters on the CPU."""
+    """DeepSpeed ZeRO-3: keep parameters on the CPU. FSDP: keep parameters, gradients and optimizer state
+    on the CPU (the optimizer step runs there)."""
     nccl_timeout: int = Field(default=1800, gt=0)
     """Seconds a collective may wait before the process group times out."""
     max_failures: int = Field(default=0, ge=-1)
@@ -359,13 +364,31 @@ class Config(BaseModel):
             raise ValueError("--frame_sampling fps needs --sample_fps (e.g. --sample_fps 24)")
         if self.data.frame_sampling == "stride" and not self.data.frame_stride:
             raise ValueError("--frame_sampling stride needs --frame_stride (e.g. --frame_stride 2)")
-        if self.distributed.offload_params and not (
-            self.distributed.backend == "deepspeed" and self.distributed.deepspeed_stage == 3
-        ):
-            raise ValueError("--offload_params needs --backend deepspeed --deepspeed_stage 3")
-        if self.distributed.offload_optimizer and self.distributed.backend != "deepspeed":
+        dist = self.distributed
+        if dist.backend == "fsdp":
+            self._check_fsdp()
+        elif dist.offload_params and not (dist.backend == "deepspeed" and dist.deepspeed_stage == 3):
+            raise ValueError("--offload_params needs --backend deepspeed --deepspeed_stage 3 (or --backend fsdp)")
+        elif dist.offload_optimizer and dist.backend != "deepspeed":
             raise ValueError("--offload_optimizer needs --backend deepspeed")
         return self
+
+    def _check_fsdp(self) -> None:
+        """Settings --backend fsdp cannot honour, refused before any work."""
+        dist, training = self.distributed, self.training
+        if dist.deepspeed_stage != DistributedConfig().deepspeed_stage:
+            raise ValueError(f"--deepspeed_stage {dist.deepspeed_stage} is a DeepSpeed setting; --backend fsdp always "
+                             "shards parameters, gradients and optimizer state: remove --deepspeed_stage")
+        if dist.offload_optimizer and not dist.offload_params:
+            raise ValueError("--offload_optimizer: FSDP cannot offload the optimizer state alone; --offload_params "
+                             "keeps parameters, gradients and optimizer state on the CPU")
+        if training.compile and training.compile_mode in ("reduce-overhead", "max-autotune"):
+            # CUDA graphs replay fixed addresses; FSDP frees and re-gathers every block's parameters each step.
+            raise ValueError(f"--compile_mode {training.compile_mode} (CUDA graphs) does not work with --backend fsdp; use "
+                             "--compile_mode default or max-autotune-no-cudagraphs")
+        if self.optimizer.optimizer == "adamw8bit":
+            raise ValueError("--optimizer adamw8bit: bitsandbytes' kernels cannot update FSDP's sharded parameters; "
+                             "use --optimizer adamw or adamw_fused with --backend fsdp")
 
     # -- resolved locations -------------------------------------------------------------------
 

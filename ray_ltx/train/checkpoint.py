@@ -1,10 +1,11 @@
 """Resumable checkpoints: written by every rank, verified complete before anything loads them.
 
 A checkpoint directory holds the engine's state (DDP: rank 0's trainable weights, optimizer and
-schedule; DeepSpeed: each rank's ZeRO shards), ``state.json`` from rank 0 (step, epoch, what was
-trained), and one ``complete-rank<R>.json`` per rank, written last, listing that rank's files and
-sizes. A directory is taken for a checkpoint only if every rank's listing is there and every
-listed file has its size: a crash mid-save (or mid-upload) leaves something resume refuses.
+schedule; DeepSpeed: each rank's ZeRO shards; FSDP: each rank's DCP shards, re-sharded on load),
+``state.json`` from rank 0 (step, epoch, what was trained), and one ``complete-rank<R>.json`` per
+rank, written last, listing that rank's files and sizes. A directory is taken for a checkpoint only
+if every rank's listing is there and every listed file has its size: a crash mid-save (or mid-upload)
+leaves something resume refuses.
 """
 
 from __future__ import annotations

@@ -56,11 +56,12 @@ def prepare_transformer(config: Config, family: ModelFamily, device: torch.devic
         count = sum(p.numel() for p in transformer.parameters())
     else:
         count = add_lora(transformer, config)
-    if config.training.gradient_checkpointing:
+    fsdp = config.distributed.backend == "fsdp"  # the FSDP engine checkpoint-wraps and compiles its blocks itself
+    if config.training.gradient_checkpointing and not fsdp:
         transformer.enable_gradient_checkpointing()
     transformer.to(device)
     transformer.train()
-    if config.training.compile:
+    if config.training.compile and not fsdp:
         mode = None if config.training.compile_mode == "default" else config.training.compile_mode
         for block in family.transformer_blocks(transformer):
             block.compile(mode=mode)
@@ -284,8 +285,9 @@ def _train(loop_config: dict[str, Any]) -> dict[str, Any]:
         return value / len(heldout)
 
     validating = validation.enabled(config)
-    # Under ZeRO-3 the weights are sharded, so every rank joins the forward passes; otherwise rank 0 alone.
-    all_ranks_validate = config.distributed.backend == "deepspeed" and config.distributed.deepspeed_stage == 3
+    # Under ZeRO-3 and FSDP the weights are sharded, so every rank joins the forward passes; otherwise rank 0 alone.
+    all_ranks_validate = config.distributed.backend == "fsdp" or (
+        config.distributed.backend == "deepspeed" and config.distributed.deepspeed_stage == 3)
 
     validation_error: list[str | None] = [None]
 
