@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -80,11 +81,18 @@ class FSDPEngine(Engine):
         loss.backward()
 
     def step(self) -> float:
-        norm = self._clip_grad_norm()
+        norm = self._clip_grad_norm()  # the global norm: every rank takes the same decision below
+        if not math.isfinite(norm):  # an inf/nan gradient would turn every weight into nan: no update
+            self.skip()
+            return norm
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
+
+    def skip(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
 
     def _clip_grad_norm(self) -> float:
         """The global gradient norm over all shards, gradients scaled down to ``max_grad_norm``.
