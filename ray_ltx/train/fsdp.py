@@ -43,7 +43,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, Offlo
 
 from ray_ltx.config import Config
 from ray_ltx.errors import CheckpointError
-from ray_ltx.model.loading import torch_dtype
+from ray_ltx.model.family import torch_dtype
 from ray_ltx.train.engine import Engine, trainable_parameters
 from ray_ltx.train.optim import build_optimizer, build_scheduler
 
