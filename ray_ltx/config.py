@@ -101,8 +101,13 @@ class DataConfig(_Section):
     """Frame rate to resample clips to when frame_sampling is 'fps'."""
     frame_stride: int | None = Field(default=None, gt=0)
     """Take every N-th frame when frame_sampling is 'stride'."""
-    max_sequence_length: int = Field(default=128, gt=0)
-    """T5 tokens per prompt; longer captions are truncated and counted in the preprocessing report."""
+    max_sequence_length: int | None = Field(default=None, gt=0)
+    """Text tokens per prompt (what the pipeline pads to); longer captions are truncated and counted in the
+    preprocessing report. Default: the model family's (LTX-Video: 128 T5 tokens, LTX-2: 1024 Gemma tokens)."""
+    audio: Literal["off", "on", "required"] = "off"
+    """Clips' audio tracks (LTX-2): 'off' trains video only (the audio branch frozen); 'on' encodes each clip's audio
+    with the audio VAE and trains audio and video jointly, a clip without an audio track video-only; 'required'
+    skips clips without one (counted in the skip report)."""
     caption_dropout_p: float = Field(default=0.0, ge=0.0, le=1.0)
     """Probability of replacing a sample's prompt with the empty prompt during training."""
     dataloader_num_workers: int = Field(default=0, ge=0)
