@@ -51,9 +51,9 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    model_name: Literal["auto", "ltx_video"] = "auto"
+    model_name: Literal["auto", "ltx_video", "ltx2"] = "auto"
     """Model family: 'auto' detects it from the checkpoint (model_index.json, the transformer config or the
-    single file's tensors); 'ltx_video' is LTX-Video 0.9.x (finetrainers' name)."""
+    single file's tensors); 'ltx_video' is LTX-Video 0.9.x (finetrainers' name), 'ltx2' LTX-2."""
     pretrained_model_name_or_path: str = "Lightricks/LTX-Video"
     """Hub id, local diffusers pipeline folder, or a single-file .safetensors checkpoint (e.g.
     ltxv-13b-0.9.7-dev.safetensors: its transformer; the other components come from base_model_name_or_path)."""

@@ -334,7 +334,7 @@ def register(family: type[ModelFamily]) -> type[ModelFamily]:
 
 
 def _load_builtin_families() -> None:
-    from ray_ltx.model import ltx_video  # noqa: F401 - registers itself
+    from ray_ltx.model import ltx2, ltx_video  # noqa: F401 - register themselves
 
 
 def read_checkpoint_info(config: Config) -> CheckpointInfo:
