@@ -97,6 +97,14 @@ def test_a_single_file_loads_the_same_transformer_as_its_folder(tiny_ltx2: Path,
         family_for(_config(single, base_model_name_or_path=str(tiny_model))).check_training()
 
 
+def test_benchmarks_can_build_the_full_size_transformer_without_memory() -> None:
+    from ray_ltx.model.tiny import build_ltx2_transformer
+
+    transformer = build_ltx2_transformer("full", torch.bfloat16, device="meta")
+    assert len(transformer.transformer_blocks) == 48 and transformer.proj_in.out_features == 4096
+    assert 18.8e9 < sum(p.numel() for p in transformer.parameters()) < 19e9
+
+
 # -- the transformer call -------------------------------------------------------------------------------------------
 
 

@@ -80,9 +80,9 @@ def decode_one(row: dict[str, Any], buckets: list[Bucket], data: dict[str, Any])
         if data["audio"] != "off":  # the audio of the sampled frames' span, before the costlier video decode
             if hasattr(source, "seek"):
                 source.seek(0)
-            start = indices[0] / info.fps if info.fps else 0.0
-            waveform = decode_audio(source, start, bucket.frames / data["sample_fps"], data["audio_sample_rate"],
-                                    row["rel_path"])
+            waveform = None if info.is_image else decode_audio(
+                source, indices[0] / info.fps, bucket.frames / data["sample_fps"], data["audio_sample_rate"],
+                row["rel_path"])
             if waveform is None and data["audio"] == "required":
                 return {**out, "status": "no_audio", "detail": f"{row['rel_path']}: no audio track (--audio required "
                         "skips it; --audio on trains it video-only)"}

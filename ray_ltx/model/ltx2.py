@@ -346,15 +346,11 @@ class LTX2Family(ModelFamily):
 
     def predict(self, transformer: nn.Module, noisy: torch.Tensor, sigmas: torch.Tensor, batch: Batch,
                 spec: LatentSpec, frame_rate: float) -> torch.Tensor:
-        """The video velocity; the audio stream gets ``batch.extras``' audio latents, or noise as in text-to-video."""
-        if AUDIO not in batch.extras:
-            shape = self.joint_latents(batch, spec, frame_rate)[AUDIO].latents.shape
-            noise = torch.randn(shape, device=noisy.device, dtype=noisy.dtype)
-            batch = Batch(batch.latents, batch.prompt_embeds, batch.prompt_attention_mask, {**batch.extras, AUDIO: noise})
         return self.predict_joint(transformer, noisy, sigmas, batch, spec, frame_rate)[0]
 
     def predict_joint(self, transformer: nn.Module, noisy: torch.Tensor, sigmas: torch.Tensor, batch: Batch,
                       spec: LatentSpec, frame_rate: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Video and audio velocities; the audio stream's noisy latents (B, L, C * mel bins) are ``batch.extras``'."""
         _, _, f, h, w = noisy.shape
         p, pt = spec.patch_size, spec.patch_size_t
         if sigmas.ndim == 2:  # per latent frame -> per token; the audio and modulations take the noisy frames' value
