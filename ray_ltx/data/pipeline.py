@@ -221,7 +221,8 @@ def encoder_layout(actors: int | None, gpus_per_actor: float | None, cluster_gpu
     return gpus_per_actor, actors
 
 
-def _ray_data_stream(config: Config, rows: list[dict[str, Any]], cache_dir: str, digest: str, audio_sample_rate: int | None):
+def _ray_data_stream(config: Config, rows: list[dict[str, Any]], cache_dir: str, digest: str,
+                     audio_sample_rate: int | None):
     import ray
 
     from ray_ltx.cluster import cluster_gpus

@@ -234,8 +234,9 @@ class ModelFamily(ABC):
         raise ConfigError(f"--audio {self.config.data.audio}: {self.describe()} has no audio encoder")
 
     def frozen_modules(self) -> str | None:
-        """A regex of transformer module (and parameter) names that stay frozen whatever is trained (PEFT's
-        ``exclude_modules``), e.g. LTX-2's audio branch when only video is trained; None: nothing is held back."""
+        """A regex of transformer module (and parameter) names that stay frozen whatever is trained (LoRA targets skip
+        them, full finetuning leaves them without gradients), e.g. LTX-2's audio branch when only video is trained;
+        None: nothing is held back."""
         return None
 
     # -- the transformer call -------------------------------------------------------------------
