@@ -163,7 +163,7 @@ def bare_rate(model_dir: Path, data_root: Path, size: str, clips: int, batch: in
 
     @torch.inference_mode()
     def t5_batch(texts: list[str]) -> None:
-        ids = tokenizer(texts, padding="max_length", max_length=config.data.max_sequence_length, truncation=True,
+        ids = tokenizer(texts, padding="max_length", max_length=family.max_sequence_length(), truncation=True,
                         add_special_tokens=True, return_tensors="pt").input_ids
         encoder(ids.to(device))[0].cpu()
 

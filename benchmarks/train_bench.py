@@ -220,7 +220,7 @@ def write_synthetic_cache(model_dir: Path, cache_dir: Path, size: str, samples: 
 
     config = load_config(None, {**base_overrides(model_dir, cache_dir, size), "output_dir": str(cache_dir.parent)})
     config = config.resolved()
-    fp = cache_lib.fingerprint(config, family_for(config).fingerprint())
+    fp = cache_lib.fingerprint(config, family_for(config))
     digest = cache_lib.fingerprint_digest(fp)
     spec = latent_spec(size)
     shape = SHAPES[size]

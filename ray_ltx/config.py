@@ -52,9 +52,9 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    model_name: Literal["auto", "ltx_video"] = "auto"
+    model_name: Literal["auto", "ltx_video", "ltx2"] = "auto"
     """Model family: 'auto' detects it from the checkpoint (model_index.json, the transformer config or the
-    single file's tensors); 'ltx_video' is LTX-Video 0.9.x (finetrainers' name)."""
+    single file's tensors); 'ltx_video' is LTX-Video 0.9.x (finetrainers' name), 'ltx2' LTX-2."""
     pretrained_model_name_or_path: str = "Lightricks/LTX-Video"
     """Hub id, local diffusers pipeline folder, or a single-file .safetensors checkpoint (e.g.
     ltxv-13b-0.9.7-dev.safetensors: its transformer; the other components come from base_model_name_or_path)."""
@@ -106,8 +106,13 @@ class DataConfig(_Section):
     """Frame rate to resample clips to when frame_sampling is 'fps'."""
     frame_stride: int | None = Field(default=None, gt=0)
     """Take every N-th frame when frame_sampling is 'stride'."""
-    max_sequence_length: int = Field(default=128, gt=0)
-    """T5 tokens per prompt; longer captions are truncated and counted in the preprocessing report."""
+    max_sequence_length: int | None = Field(default=None, gt=0)
+    """Text tokens per prompt (what the pipeline pads to); longer captions are truncated and counted in the
+    preprocessing report. Default: the model family's (LTX-Video: 128 T5 tokens, LTX-2: 1024 Gemma tokens)."""
+    audio: Literal["off", "on", "required"] = "off"
+    """Clips' audio tracks (LTX-2): 'off' trains video only (the audio branch frozen); 'on' encodes each clip's audio
+    with the audio VAE and trains audio and video jointly, a clip without an audio track video-only; 'required'
+    skips clips without one (counted in the skip report)."""
     caption_dropout_p: float = Field(default=0.0, ge=0.0, le=1.0)
     """Probability of replacing a sample's prompt with the empty prompt during training."""
     dataloader_num_workers: int = Field(default=0, ge=0)

@@ -64,7 +64,9 @@ def load_pipeline(model: str, lora: str | None = None, lora_scale: float = 1.0, 
     family = model_family(model, base_model, model_name, variant)
     pipe = family.pipeline(device, _dtype(dtype, device), image_to_video=image_to_video)
     if lora:
-        pipe.load_lora_weights(resolve_lora(lora), adapter_name=ADAPTER_NAME)
+        lora = resolve_lora(lora)
+        family.check_lora(lora, pipe)
+        pipe.load_lora_weights(lora, adapter_name=ADAPTER_NAME)
         pipe.set_adapters([ADAPTER_NAME], [lora_scale])
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device), family

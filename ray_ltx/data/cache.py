@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +31,9 @@ import torch
 from ray_ltx import __version__, storage
 from ray_ltx.config import Config
 from ray_ltx.errors import CacheError
+
+if TYPE_CHECKING:
+    from ray_ltx.model.family import ModelFamily
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -53,6 +56,9 @@ SHARD_SCHEMA = pa.schema(
         ("prompt_embeds_dtype", pa.string()),
         ("prompt_attention_mask", pa.binary()),
         ("caption_truncated", pa.bool_()),
+        # The model family's per-sample tensors beyond latents and prompt (LTX-2's audio latents), as safetensors
+        # bytes; empty or absent (caches of earlier ray-ltx) when it has none.
+        ("extras", pa.binary()),
     ]
 )
 
@@ -70,16 +76,28 @@ def tensor_from_bytes(data: bytes, shape: Sequence[int], dtype: str) -> torch.Te
     return flat.view(getattr(torch, dtype)).reshape(tuple(shape))
 
 
+def extras_to_bytes(extras: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.detach().contiguous().cpu() for k, v in extras.items()}) if extras else b""
+
+
+def extras_from_bytes(data: bytes | None) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    return load(data) if data else {}
+
+
 # -- the fingerprint: what a cache was made for --------------------------------------------------
 
 
-def fingerprint(config: Config, model: dict[str, Any]) -> dict[str, Any]:
+def fingerprint(config: Config, family: ModelFamily) -> dict[str, Any]:
     """What a cache was made for: the model family's facts (version, VAE and text-encoder configs) and the
     preprocessing settings."""
     data = config.data
     return {
         "format_version": FORMAT_VERSION,
-        **model,
+        **family.fingerprint(),
         "model": storage.absolute(config.model.pretrained_model_name_or_path)
         if storage.exists(config.model.pretrained_model_name_or_path)
         else config.model.pretrained_model_name_or_path,
@@ -87,8 +105,9 @@ def fingerprint(config: Config, model: dict[str, Any]) -> dict[str, Any]:
         "vae_dtype": config.model.vae_dtype,
         "text_encoder_dtype": config.model.text_encoder_dtype,
         "id_token": data.id_token,
-        "max_sequence_length": data.max_sequence_length,
+        "max_sequence_length": family.max_sequence_length(),
         "frame_sampling": [data.frame_sampling, data.sample_fps, data.frame_stride],
+        **({"audio": data.audio} if data.audio != "off" else {}),
     }
 
 
@@ -312,6 +331,7 @@ def row_to_tensors(row: dict[str, Any]) -> dict[str, torch.Tensor]:
         "prompt_embeds": tensor_from_bytes(row["prompt_embeds"], row["prompt_embeds_shape"],
                                            row["prompt_embeds_dtype"]),
         "prompt_attention_mask": torch.from_numpy(mask.copy()),
+        "extras": extras_from_bytes(row.get("extras")),
     }
 
 

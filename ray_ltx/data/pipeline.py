@@ -51,10 +51,12 @@ def _open_media(path: str):
 
 def decode_one(row: dict[str, Any], buckets: list[Bucket], data: dict[str, Any]) -> dict[str, Any]:
     """Probe, bucket, sample and decode one clip; a clip that cannot be used becomes a skip row."""
+    from ray_ltx.data.audio import AudioError, decode_audio
     from ray_ltx.data.video import MediaError, decode_frames, probe, sample_frame_indices
 
-    # Frames travel as raw bytes + shape: Arrow's ragged tensor columns do not survive every block merge.
-    out = {**row, "bucket": "", "status": OK, "detail": "", "frames": b"", "frames_shape": [0, 0, 0, 3]}
+    # Frames and audio travel as raw bytes + shape: Arrow's ragged tensor columns do not survive every block merge.
+    out = {**row, "bucket": "", "status": OK, "detail": "", "frames": b"", "frames_shape": [0, 0, 0, 3], "audio": b"",
+           "audio_shape": [0, 0]}
     if row["status"] == PROMPT_ONLY:
         return {**out, "status": PROMPT_ONLY}
     source = None
@@ -76,11 +78,22 @@ def decode_one(row: dict[str, Any], buckets: list[Bucket], data: dict[str, Any])
             return {**out, "status": reason, "detail": detail}
         indices = sample_frame_indices(info.num_frames, bucket.frames, info.fps, mode=data["frame_sampling"],
                                        sample_fps=data["sample_fps"], stride=data["frame_stride"])
+        if data["audio"] != "off":  # the audio of the sampled frames' span, before the costlier video decode
+            if hasattr(source, "seek"):
+                source.seek(0)
+            waveform = None if info.is_image else decode_audio(
+                source, indices[0] / info.fps, bucket.frames / data["sample_fps"], data["audio_sample_rate"],
+                row["rel_path"])
+            if waveform is None and data["audio"] == "required":
+                return {**out, "status": "no_audio", "detail": f"{row['rel_path']}: no audio track (--audio required "
+                        "skips it; --audio on trains it video-only)"}
+            if waveform is not None:
+                out.update(audio=waveform.tobytes(), audio_shape=list(waveform.shape))
         if hasattr(source, "seek"):
             source.seek(0)
         frames = decode_frames(source, indices, bucket.height, bucket.width)
         return {**out, "bucket": str(bucket), "frames": frames.tobytes(), "frames_shape": list(frames.shape)}
-    except MediaError as error:
+    except (MediaError, AudioError) as error:
         return {**out, "status": error.reason, "detail": str(error)}
     except ValueError as error:  # sampling: e.g. too short at the requested fps/stride
         return {**out, "status": "too_short", "detail": f"{row['rel_path']}: {error}"}
@@ -239,7 +252,8 @@ def encoder_layout(actors: int | None, gpus_per_actor: float | None, cluster_gpu
     return gpus_per_actor, actors
 
 
-def _ray_data_stream(config: Config, rows: list[dict[str, Any]], cache_dir: str, digest: str):
+def _ray_data_stream(config: Config, rows: list[dict[str, Any]], cache_dir: str, digest: str,
+                     audio_sample_rate: int | None):
     import ray
 
     from ray_ltx.cluster import cluster_gpus
@@ -253,7 +267,8 @@ def _ray_data_stream(config: Config, rows: list[dict[str, Any]], cache_dir: str,
         decode_clips, batch_size=1, num_cpus=data.decode_cpus,
         fn_kwargs={"buckets": [str(b) for b in data.video_resolution_buckets],
                    "data": {"frame_sampling": data.frame_sampling, "sample_fps": data.sample_fps,
-                            "frame_stride": data.frame_stride}},
+                            "frame_stride": data.frame_stride, "audio": data.audio,
+                            "audio_sample_rate": audio_sample_rate}},
     )
     actor_kwargs: dict[str, Any] = {"num_gpus": gpus} if gpus else {"num_cpus": 1}
     ds = ds.map_batches(VaeEncoder, batch_size=data.encode_batch_size, fn_constructor_kwargs={"config": config_dict},
@@ -267,10 +282,11 @@ def _ray_data_stream(config: Config, rows: list[dict[str, Any]], cache_dir: str,
     return ds
 
 
-def _encoded_batches(config: Config, rows: list[dict[str, Any]], cache_dir: str, digest: str):
+def _encoded_batches(config: Config, rows: list[dict[str, Any]], cache_dir: str, digest: str,
+                     audio_sample_rate: int | None):
     """The result rows of the stream; a full disk becomes a StorageFullError that says what to do."""
     try:
-        yield from _ray_data_stream(config, rows, cache_dir, digest).iter_batches(batch_size=None)
+        yield from _ray_data_stream(config, rows, cache_dir, digest, audio_sample_rate).iter_batches(batch_size=None)
     except Exception as error:
         if is_disk_full(error):
             raise StorageFullError(
@@ -291,7 +307,7 @@ def preprocess(config: Config) -> cache_lib.Manifest:
     records, listing_skips, layout = read_records(config)
     family = family_for(config)
     family.check_training()
-    fp = cache_lib.fingerprint(config, family.fingerprint())
+    fp = cache_lib.fingerprint(config, family)
     digest = cache_lib.fingerprint_digest(fp)
     existing = _read_manifest_or_rebuild(config, cache_dir)
     headers = _readable_shards(cache_dir)
@@ -318,7 +334,8 @@ def preprocess(config: Config) -> cache_lib.Manifest:
         # One progress display (a bar on a terminal, lines with an ETA in logs) instead of Ray Data's operator dumps.
         ray.data.DataContext.get_current().enable_progress_bars = False
         progress = Progress(len(todo), "preprocess: clip", "clips", logger=log, every_s=PROGRESS_SECONDS)
-        for batch in _encoded_batches(config, rows, cache_dir, digest):
+        audio_rate = family.audio_sample_rate() if config.data.audio != "off" else None
+        for batch in _encoded_batches(config, rows, cache_dir, digest, audio_rate):
             for i, kind in enumerate(batch["kind"]):
                 if kind == "shard":
                     ids = json.loads(batch["sample_ids"][i])
@@ -402,7 +419,7 @@ def ensure_cache(config: Config) -> cache_lib.LatentCache:
         raise CacheError(
             f"the latent cache in {redact(cache_dir)} has {len(damaged)} damaged or missing shard(s) (e.g. {damaged[0]}): "
             "run `ray-ltx preprocess` (or train) with --data_root to encode those samples again; the rest is reused")
-    fp = cache_lib.fingerprint(config, family_for(config).fingerprint())
+    fp = cache_lib.fingerprint(config, family_for(config))
     problems = cache_lib.describe_mismatch(fp, latent_cache.manifest.fingerprint)
     wanted = {str(b) for b in config.data.video_resolution_buckets}
     if not wanted & set(latent_cache.manifest.buckets):

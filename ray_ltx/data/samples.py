@@ -36,6 +36,7 @@ _ENCODERS: dict[str, tuple[tuple[str, dict[str, str]], ...]] = {
 }
 # The index goes in front, as on the web: readers need not seek to the end, and a file cut short
 # still says how many frames it should have had.
+_AUDIO_LAYOUTS = {1: "mono", 2: "stereo"}
 _CONTAINER_OPTIONS = {".mp4": {"movflags": "+faststart"}, ".mov": {"movflags": "+faststart"}}
 
 _SAMPLE_SIZES = ((96, 128), (128, 96), (96, 96), (128, 192))  # landscape, portrait, square, wide
@@ -124,13 +125,15 @@ def _triangle(dx: np.ndarray, dy: np.ndarray, radius: float) -> np.ndarray:
     return radius / 2 - outward
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 24) -> Path:
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 24, audio: np.ndarray | None = None,
+                sample_rate: int = 16000) -> Path:
     """Encode ``(F, H, W, 3)`` uint8 RGB frames to ``path``, choosing the codec by its extension.
 
     ``.mp4``/``.mov`` get H.264 (MPEG-4 part 2 where the PyAV build lacks an H.264 encoder),
     ``.webm`` VP9 (else VP8), ``.gif`` a per-frame palette. All but gif store yuv420p, which needs
     an even height and width. GIF stores delays in hundredths of a second, so 24 fps is read back
-    as about 24 or 25. The file appears under its name only once complete.
+    as about 24 or 25. ``audio`` ((channels, samples) float in [-1, 1] at ``sample_rate``) becomes an AAC
+    track (mp4/mov only). The file appears under its name only once complete.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -148,11 +151,32 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 24) ->
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options=options)
         stream.width, stream.height = width, height
         stream.pix_fmt = "pal8" if is_gif else "yuv420p"
+        audio_stream = None if audio is None else container.add_stream("aac", rate=sample_rate,
+                                                                        layout=_AUDIO_LAYOUTS[len(audio)])
         for array in frames:
             frame = _palette_frame(array) if is_gif else av.VideoFrame.from_ndarray(array, format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
+        if audio_stream is not None:
+            _mux_audio(container, audio_stream, np.asarray(audio, dtype=np.float32), sample_rate)
     return path
+
+
+def _mux_audio(container, stream, audio: np.ndarray, sample_rate: int) -> None:
+    layout = _AUDIO_LAYOUTS[len(audio)]
+    size = stream.codec_context.frame_size or 1024  # AAC's frame
+    for start in range(0, audio.shape[1], size):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[:, start:start + size]), format="fltp",
+                                           layout=layout)
+        frame.sample_rate, frame.pts = sample_rate, start
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode())
+
+
+def tone(seconds: float, hz: float = 440.0, sample_rate: int = 16000) -> np.ndarray:
+    """A (1, samples) float32 sine tone at a third of full scale."""
+    t = np.arange(round(seconds * sample_rate)) / sample_rate
+    return (np.sin(2 * np.pi * hz * t) / 3).astype(np.float32)[None]
 
 
 def write_image(path: str | os.PathLike, frame: np.ndarray) -> Path:
@@ -167,7 +191,7 @@ def write_image(path: str | os.PathLike, frame: np.ndarray) -> Path:
 
 
 def write_sample_dataset(
-    out_dir: str | os.PathLike, *, num_clips: int = 8, seed: int = 0, id_token: str | None = None
+    out_dir: str | os.PathLike, *, num_clips: int = 8, seed: int = 0, id_token: str | None = None, audio: bool = False
 ) -> Path:
     """Write a small finetrainers-layout dataset of captioned clips to ``out_dir`` and return it.
 
@@ -175,7 +199,8 @@ def write_sample_dataset(
     cropable to 64x96 buckets), the first 49 frames long and the rest alternating between 9-16
     and 17-32 frames, so every common bucket length has clips; ``prompts.txt`` holds one caption
     per line (prefixed with ``id_token`` when given) and ``videos.txt`` the matching paths,
-    relative to ``out_dir``. The same seed writes the same dataset.
+    relative to ``out_dir``. With ``audio`` every clip has a mono AAC track: a tone whose pitch rises with the clip's
+    index. The same seed writes the same dataset.
     """
     if num_clips < 1:
         raise ValueError(f"num_clips must be at least 1, got {num_clips}")
@@ -202,7 +227,7 @@ def write_sample_dataset(
             seed=int(rng.integers(2**31)),
         )
         relative = f"videos/{i:03d}_{shape}.mp4"
-        write_video(out_dir / relative, frames, fps=24)
+        write_video(out_dir / relative, frames, fps=24, audio=tone(num_frames / 24, 220.0 * (i + 1)) if audio else None)
         article = "An" if color_name[0] in "aeiou" else "A"
         motion = _SAMPLE_MOTIONS[direction]
         caption = f"{article} {color_name} {shape} {motion} across a plain {background_name} background."

@@ -17,7 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from ray_ltx.data.cache import LatentCache, read_samples, row_to_tensors, tensor_to_bytes
+from ray_ltx.data.cache import (
+    LatentCache,
+    extras_from_bytes,
+    extras_to_bytes,
+    read_samples,
+    row_to_tensors,
+    tensor_to_bytes,
+)
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,8 @@ def load_micro_batches(batch: dict[str, Any], cache_dir: str) -> dict[str, list[
 
     out: dict[str, list[Any]] = {key: [] for key in ("step", "epoch", "bucket", "latents", "latents_shape",
                                                      "latents_dtype", "prompt_embeds", "prompt_embeds_shape",
-                                                     "prompt_embeds_dtype", "prompt_attention_mask", "mask_shape")}
+                                                     "prompt_embeds_dtype", "prompt_attention_mask", "mask_shape",
+                                                     "extras")}
     for step, epoch, bucket, refs in zip(batch["step"], batch["epoch"], batch["bucket"], batch["refs"], strict=True):
         samples = [row_to_tensors(row) for row in read_samples(cache_dir, [tuple(r) for r in json.loads(refs)])]
         latents = torch.stack([s["latents"] for s in samples])
@@ -114,10 +122,18 @@ def load_micro_batches(batch: dict[str, Any], cache_dir: str) -> dict[str, list[
             out[f"{key}_dtype"].append(dtype)
         out["prompt_attention_mask"].append(mask.numpy().astype(np.uint8).tobytes())
         out["mask_shape"].append(list(mask.shape))
+        out["extras"].append(extras_to_bytes(stack_extras(samples)))
         out["step"].append(int(step))
         out["epoch"].append(int(epoch))
         out["bucket"].append(str(bucket))
     return out
+
+
+def stack_extras(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The samples' family extras stacked into batch tensors (every sample of a cache has the same keys)."""
+    import torch
+
+    return {key: torch.stack([s["extras"][key] for s in samples]) for key in samples[0]["extras"]}
 
 
 def micro_batch_from_row(row: dict[str, Any]):
@@ -132,6 +148,7 @@ def micro_batch_from_row(row: dict[str, Any]):
         tensor_from_bytes(row["latents"], row["latents_shape"], row["latents_dtype"]),
         tensor_from_bytes(row["prompt_embeds"], row["prompt_embeds_shape"], row["prompt_embeds_dtype"]),
         torch.from_numpy(mask.astype(bool)),
+        extras_from_bytes(row.get("extras")),
     )
 
 
@@ -158,5 +175,5 @@ def holdout_batches(cache: LatentCache, held: list[str]) -> list[Any]:
         samples = [row_to_tensors(row) for row in cache.read(ids)]
         batches.append(Batch(torch.stack([s["latents"] for s in samples]),
                              torch.stack([s["prompt_embeds"] for s in samples]),
-                             torch.stack([s["prompt_attention_mask"] for s in samples])))
+                             torch.stack([s["prompt_attention_mask"] for s in samples]), stack_extras(samples)))
     return batches

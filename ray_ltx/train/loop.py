@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shutil
 import tempfile
 import time
@@ -51,11 +52,15 @@ def prepare_transformer(config: Config, family: ModelFamily, device: torch.devic
         # Before LoRA injection, so only the frozen base layers are stored in float8.
         transformer.enable_layerwise_casting(storage_dtype=getattr(torch, config.model.layerwise_upcasting_storage_dtype),
                                              compute_dtype=compute)
+    frozen = family.frozen_modules()
     if full:
         transformer.requires_grad_(True)
-        count = sum(p.numel() for p in transformer.parameters())
+        if frozen:
+            for name, param in transformer.named_parameters():
+                param.requires_grad_(not re.fullmatch(frozen, name))
+        count = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
     else:
-        count = add_lora(transformer, config)
+        count = add_lora(transformer, config, frozen)
     fsdp = config.distributed.backend == "fsdp"  # the FSDP engine checkpoint-wraps and compiles its blocks itself
     if config.training.gradient_checkpointing and not fsdp:
         transformer.enable_gradient_checkpointing()
