@@ -63,7 +63,7 @@ def _prepare_output_dir(config: Config, run_dir: str) -> None:
     """Refuse to mix two runs in one output_dir unless asked to resume or overwrite."""
     output = storage.absolute(config.output_dir)
     previous = storage.is_file(storage.join(output, TRAINING_CONFIG)) or bool(ckpt.checkpoint_dirs(run_dir)) \
-        or storage.is_file(storage.join(run_dir, "checkpoint_manager_snapshot.json"))
+        or storage.is_file(storage.join(run_dir, RAY_SNAPSHOT))
     if not previous:
         return
     if config.training.resume_from_checkpoint:
@@ -110,12 +110,25 @@ def _resume_point(config: Config, run_dir: str) -> tuple[str | None, int]:
     return explicit, state.step
 
 
+#: Ray Train's record of the run's checkpoints; it refuses to start while it names a checkpoint that is gone.
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
 def _retire_damaged(run_dir: str, step: int) -> None:
-    """Checkpoints after the resume point that failed to load go, so the steps they held are written anew."""
+    """Checkpoints after the resume point that failed to load go, so the steps they held are written anew.
+
+    ray-ltx finds checkpoints by scanning storage, so Ray Train's own snapshot, which would still name the
+    removed checkpoint, goes too (its checkpoint count starts over; the checkpoints on storage stay usable).
+    """
+    retired = False
     for path in ckpt.checkpoint_dirs(run_dir):
         if storage.is_file(storage.join(path, ckpt.DAMAGED)) and int(path.rsplit("_", 1)[-1]) > step:
             log.warning("removing %s, marked damaged; its steps are trained again from step %d", path, step)
             storage.delete_dir(path)
+            retired = True
+    snapshot = storage.join(run_dir, RAY_SNAPSHOT)
+    if retired and storage.is_file(snapshot):
+        storage.delete_file(snapshot)
 
 
 def training_config_block(config: Config, trainable: int, samples: int, shape, world: int) -> dict[str, Any]:
