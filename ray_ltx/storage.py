@@ -26,7 +26,7 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
         return pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
     try:
         return pafs.FileSystem.from_uri(path)
-    except (pafs.ArrowInvalid, ValueError) as arrow_error:  # not a pyarrow scheme: try fsspec
+    except ValueError as arrow_error:  # pyarrow.ArrowInvalid, not a pyarrow scheme: try fsspec
         try:
             import fsspec
         except ImportError:

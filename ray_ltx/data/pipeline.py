@@ -29,6 +29,7 @@ from ray_ltx.data.buckets import Bucket, assign_bucket
 from ray_ltx.data.encode import OK, PROMPT_ONLY, PromptEncoder, VaeEncoder
 from ray_ltx.data.sources import Record, Skip, read_records
 from ray_ltx.errors import CacheError, DatasetError, StorageFullError, is_disk_full
+from ray_ltx.redaction import redact
 from ray_ltx.train import faults
 
 log = logging.getLogger(__name__)
@@ -159,10 +160,10 @@ def _check_fingerprint(config: Config, cache_dir: str, fp: dict[str, Any], exist
         return
     if not config.data.rebuild_cache:
         raise CacheError(
-            f"the latent cache in {cache_dir} was built for something else:\n  " + "\n  ".join(problems)
+            f"the latent cache in {redact(cache_dir)} was built for something else:\n  " + "\n  ".join(problems)
             + "\nPass --rebuild_cache to rebuild it, or --cache_dir to use another location"
         )
-    log.warning("rebuilding the latent cache in %s (%s)", cache_dir, "; ".join(problems))
+    log.warning("rebuilding the latent cache in %s (%s)", redact(cache_dir), "; ".join(problems))
     storage.delete_dir(storage.join(cache_dir, cache_lib.SHARDS))
     for name in (cache_lib.MANIFEST, cache_lib.EMPTY_PROMPT):
         path = storage.join(cache_dir, name)
@@ -243,7 +244,7 @@ def _encoded_batches(config: Config, rows: list[dict[str, Any]], cache_dir: str,
     except Exception as error:
         if is_disk_full(error):
             raise StorageFullError(
-                f"no space left while writing the latent cache to {cache_dir}. Free space there or pass --cache_dir "
+                f"no space left while writing the latent cache to {redact(cache_dir)}. Free space there or pass --cache_dir "
                 "on a larger volume, then rerun: complete shards are kept and only the rest is encoded (no manifest "
                 "was written, so nothing reads the incomplete cache)") from None
         raise
@@ -268,7 +269,7 @@ def preprocess(config: Config) -> cache_lib.Manifest:
     todo = [r for r in records if r.sample_id not in done]
     need_empty = not storage.is_file(storage.join(cache_dir, cache_lib.EMPTY_PROMPT))
     log.info("preprocess: %d clips listed (%s layout) in %s; %d already cached, %d to encode; cache: %s",
-             len(records), layout, config.data.data_root, len(done), len(todo), cache_dir)
+             len(records), layout, redact(config.data.data_root or ""), len(done), len(todo), redact(cache_dir))
 
     skipped = [s.to_row() for s in listing_skips]
     encoded = 0
@@ -329,14 +330,14 @@ def _nothing_survived(config: Config, manifest: cache_lib.Manifest) -> str:
     examples = "\n  ".join(s["detail"] for s in manifest.skipped[:5])
     buckets = " ".join(manifest.buckets)
     return (
-        f"no usable sample in {config.data.data_root}: every input was skipped ({reasons}).\n  {examples}\n"
+        f"no usable sample in {redact(config.data.data_root or '')}: every input was skipped ({reasons}).\n  {examples}\n"
         f"Buckets: {buckets}. Check the paths and captions, or add buckets the clips can fill "
         "(a clip needs at least a bucket's frame count)."
     )
 
 
 def format_summary(manifest: cache_lib.Manifest, cache_dir: str) -> str:
-    lines = [f"Latent cache: {cache_dir}", f"  samples: {manifest.num_samples} "
+    lines = [f"Latent cache: {redact(cache_dir)}", f"  samples: {manifest.num_samples} "
              f"(encoded now: {manifest.stats.get('encoded', 0)}, reused: {manifest.stats.get('reused', 0)})"]
     lines.append("  per bucket: " + ", ".join(f"{b}: {n}" for b, n in manifest.counts_per_bucket().items()))
     if manifest.skipped:
@@ -365,7 +366,7 @@ def ensure_cache(config: Config) -> cache_lib.LatentCache:
         problems.append(f"buckets: cache has {latent_cache.manifest.buckets}, config wants {sorted(wanted)}")
     if problems:
         raise CacheError(
-            f"the latent cache in {cache_dir} was built for something else:\n  " + "\n  ".join(problems)
+            f"the latent cache in {redact(cache_dir)} was built for something else:\n  " + "\n  ".join(problems)
             + "\nPass --data_root (with --rebuild_cache) to rebuild it, or --cache_dir to use another cache"
         )
     return latent_cache

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from ray_ltx import storage
 from ray_ltx.config import Config
 from ray_ltx.errors import DatasetError
+from ray_ltx.redaction import redact
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".m4v")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -107,11 +108,17 @@ def check_data_root(config: Config) -> str:
 
 
 def read_records(config: Config) -> tuple[list[Record], list[Skip], str]:
-    """All records of the dataset, the entries skipped while listing it, and the layout used."""
-    root = check_data_root(config)
-    layout = detect_layout(config)
-    reader = {"finetrainers": _read_finetrainers, "metadata": _read_metadata, "folder": _read_folder}[layout]
-    records, skips = reader(config, root)
+    """All records of the dataset, the entries skipped while listing it, and the layout used.
+
+    Its errors name files by their URIs, redacted: a data_root may carry credentials (s3://KEY:SECRET@...).
+    """
+    try:
+        root = check_data_root(config)
+        layout = detect_layout(config)
+        reader = {"finetrainers": _read_finetrainers, "metadata": _read_metadata, "folder": _read_folder}[layout]
+        records, skips = reader(config, root)
+    except DatasetError as error:
+        raise DatasetError(redact(str(error))) from None
     unique: dict[str, Record] = {}
     for record in records:
         if record.sample_id in unique:

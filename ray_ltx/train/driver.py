@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ray_ltx import storage
 from ray_ltx.config import Config
 from ray_ltx.errors import (
@@ -28,6 +30,7 @@ from ray_ltx.errors import (
     UserError,
     is_disk_full,
 )
+from ray_ltx.redaction import Secret, redact, redacted_config
 from ray_ltx.train import checkpoint as ckpt
 from ray_ltx.train import faults
 
@@ -100,7 +103,7 @@ def _prepare_output_dir(config: Config, run_dir: str) -> None:
                 storage.delete_file(path)
         return
     raise OutputDirError(
-        f"--output_dir {output} holds another training run (checkpoints in {run_dir}). Pass "
+        f"--output_dir {redact(output)} holds another training run (checkpoints in {redact(run_dir)}). Pass "
         "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it, or another --output_dir"
     )
 
@@ -244,7 +247,8 @@ def train(config: Config, *, callbacks: list | None = None, parent_run_id: str |
         if not per_bucket:
             raise UserError(f"the latent cache {cache.cache_dir} has no training sample in buckets {buckets}")
         shape = plan_shape(per_bucket, config.training.batch_size, config.training.gradient_accumulation_steps, world)
-        storage.write_text(storage.join(output_dir, RESOLVED_CONFIG), config.to_yaml())
+        storage.write_text(storage.join(output_dir, RESOLVED_CONFIG),
+                           yaml.safe_dump(redacted_config(config), sort_keys=False))
         result = _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_dir, run_id, uri,
                       callbacks, build_plan, holdout_batches, training_dataset)
         steps, final_loss, checkpoint_path, trainable, memory = result
@@ -298,15 +302,19 @@ def _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_di
                       training.seed, start_step, training.train_steps)
     log.info("training %d steps (from step %d) on %d samples in %d bucket(s): %d micro-batches per epoch, %d workers",
              training.train_steps, start_step, shape.samples, len(per_bucket), shape.micro_batches_per_epoch, world)
+    config_dict = config.to_dict()
+    # Ray keeps the train loop config in its Train run state (the dashboard shows it): the workers get the
+    # tracking URI as a Secret, which prints redacted, and need no copy of it in the config.
+    config_dict["tracking"]["mlflow_tracking_uri"] = redact(config_dict["tracking"]["mlflow_tracking_uri"] or "") or None
     loop_config = {
-        "config": config.to_dict(),
+        "config": config_dict,
         "cache_dir": cache.cache_dir,
         "latent_spec": cache.manifest.latent_spec,
         "plan_start_step": start_step,
         "resume_path": resume_path,
         "heldout_batches": holdout_batches(cache, held) if held else [],
         "mlflow_run_id": run_id,
-        "tracking_uri": uri,
+        "tracking_uri": Secret(uri) if uri else None,
         "system_metrics": config.tracking.log_system_metrics,
         "fault_dir": run_dir if not storage.is_uri(run_dir) else "/tmp/ray-ltx-faults",
         "storage_dir": run_dir,
@@ -412,19 +420,20 @@ def _log_outputs(config: Config, uri: str, run_id: str, output_dir: str, cache, 
 
 
 def format_summary(config: Config, result: TrainResult) -> str:
+    output_dir = redact(result.output_dir)
     lines = [
         "",
         "=" * 72,
         f"ray-ltx train: {config.training.training_type}, {result.steps} steps in {result.seconds:.0f} s, "
         f"final loss {result.final_loss:.4f}" if result.final_loss is not None else
         f"ray-ltx train: {config.training.training_type}, {result.steps} steps",
-        f"  outputs:     {result.output_dir}",
+        f"  outputs:     {output_dir}",
     ]
     if config.training.training_type == "lora":
-        lines.append(f"               pytorch_lora_weights.safetensors (LTXPipeline.load_lora_weights('{result.output_dir}'))")
+        lines.append(f"               pytorch_lora_weights.safetensors (LTXPipeline.load_lora_weights('{output_dir}'))")
     else:
-        lines.append(f"               transformer/ (LTXVideoTransformer3DModel.from_pretrained('{result.output_dir}/transformer'))")
-    lines.append(f"  checkpoint:  {result.checkpoint}")
+        lines.append(f"               transformer/ (LTXVideoTransformer3DModel.from_pretrained('{output_dir}/transformer'))")
+    lines.append(f"  checkpoint:  {redact(result.checkpoint or '')}")
     if result.mlflow_run_id:
         from ray_ltx import tracking
 

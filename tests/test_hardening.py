@@ -1,0 +1,134 @@
+"""Hardening (issue 22): credentials never written down, MLflow outages at the end of a run, output safety
+(run names, recursive deletes, locks, make-tiny-model), durable writes and whole-directory exports.
+
+The fast tests run the real functions on local files; the slow ones train the tiny model against real
+`mlflow server` processes (one behind MLflow's basic-auth app).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import MlflowServer
+from ray_ltx import tracking
+from ray_ltx.cli import main
+from ray_ltx.config import build_config
+from ray_ltx.data import cache as cache_lib
+from ray_ltx.data import pipeline
+from ray_ltx.data.sources import read_records
+from ray_ltx.errors import CacheError, DatasetError, TrackingError
+from ray_ltx.redaction import redacted_config
+from ray_ltx.train import driver
+
+REPO = Path(__file__).resolve().parents[1]
+USER = "ltx-trainer"
+SECRET = "S3CRET-" + secrets.token_hex(6)  # MLflow's basic-auth app wants at least 12 characters
+
+
+@pytest.fixture
+def clean_mlflow_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The credentials a run exports stay in this test (later tests talk to servers without auth)."""
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, "unset")
+        monkeypatch.delenv(name)
+
+
+def _auth_uri(server: MlflowServer, password: str = SECRET) -> str:
+    return server.uri.replace("http://", f"http://{USER}:{password}@")
+
+
+def _files_holding(secret: str, *roots: Path) -> list[Path]:
+    return [path for root in roots for path in root.rglob("*")
+            if path.is_file() and path.stat().st_size < 50_000_000 and secret.encode() in path.read_bytes()]
+
+
+# -- credentials ------------------------------------------------------------------------------------
+
+
+def test_user_pass_uri_with_a_port_is_split_for_mlflow(clean_mlflow_env) -> None:
+    assert tracking.connect("https://ltx%40team:p%3Ass@mlflow.example.com:8443/base") == \
+        "https://mlflow.example.com:8443/base"
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("ltx@team", "p:ss")
+    # Before: urllib looked up the host 'user:pass@127.0.0.1' and the traceback printed the password.
+    with pytest.raises(TrackingError, match=r"http://\*\*\*@127\.0\.0\.1:9 is unreachable") as caught:
+        tracking.check_reachable(f"http://{USER}:{SECRET}@127.0.0.1:9", timeout=2)
+    assert SECRET not in str(caught.value)
+
+
+def test_credential_uris_are_redacted_in_config_yaml_params_and_messages(tmp_path: Path) -> None:
+    config = build_config({
+        "output_dir": str(tmp_path / "out"), "id_token": "BW_STYLE",
+        "data_root": f"memory://KEY:{SECRET}@bucket/clips", "cache_dir": f"s3://KEY:{SECRET}@bucket/cache",
+        "storage_path": f"gs://KEY:{SECRET}@bucket/ray", "mlflow_tracking_uri": f"https://{USER}:{SECRET}@mlflow:5000"})
+    written = json.dumps(redacted_config(config)) + json.dumps(tracking.config_params(config))
+    assert SECRET not in written and "s3://***@bucket/cache" in written and "https://***@mlflow:5000" in written
+    # The caption trigger word is not a credential: users need it back from config.yaml and MLflow.
+    assert redacted_config(config)["data"]["id_token"] == tracking.config_params(config)["data.id_token"] == "BW_STYLE"
+    with pytest.raises(DatasetError, match=r"memory://\*\*\*@bucket/clips: no such directory") as caught:
+        read_records(config)
+    assert SECRET not in str(caught.value)
+    manifest = cache_lib.Manifest(fingerprint={}, latent_spec={}, buckets=["9x64x96"], shards=[])
+    summary = pipeline.format_summary(manifest, config.cache_dir)
+    assert "s3://***@bucket/cache" in summary and SECRET not in summary
+    with pytest.raises(CacheError) as caught:
+        pipeline._check_fingerprint(config, config.cache_dir, {"model": "a"}, cache_lib.Manifest({"model": "b"}, {}, [], []),
+                                    [], "digest")
+    assert "s3://***@bucket/cache" in str(caught.value) and SECRET not in str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory: pytest.TempPathFactory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-auth"), auth=(USER, SECRET)).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+def test_wrong_password_is_a_clear_error_without_traceback_or_password(auth_server, tmp_path: Path, capsys,
+                                                                        clean_mlflow_env) -> None:
+    wrong = "wrong-" + secrets.token_hex(8)
+    code = main(["train", "--output_dir", str(tmp_path / "out"), "--mlflow_tracking_uri", _auth_uri(auth_server, wrong)])
+    err = capsys.readouterr().err
+    assert code == TrackingError.exit_code, err
+    assert f"refused the request with user '{USER}' (HTTP 401)" in err
+    assert "Traceback" not in err and wrong not in err and "http://***@127.0.0.1" in err
+    assert not (tmp_path / "out" / "ray").exists()  # refused before any cluster or model work
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_user_pass_uri_records_the_run_and_no_written_file_holds_the_password(
+        make_config, auth_server, tmp_path: Path, capsys, caplog, monkeypatch, clean_mlflow_env) -> None:
+    import ray
+    from ray.train.v2._internal.state.state_actor import get_state_actor
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # what the dashboard's Train tab shows
+    started = time.time()
+    result = driver.train(make_config(train_steps=2, checkpointing_steps=2, report_to="mlflow",
+                                      mlflow_tracking_uri=_auth_uri(auth_server), tracker_name="basic-auth"))
+    run = MlflowClient(auth_server.uri).get_run(result.mlflow_run_id)  # credentials: the run exported them
+    assert run.info.status == "FINISHED"
+    assert run.data.params["training.rank"] == "8"
+    assert run.data.params["tracking.mlflow_tracking_uri"] == auth_server.uri.replace("http://", "http://***@")
+    assert sorted(m.step for m in MlflowClient(auth_server.uri).get_metric_history(run.info.run_id, "loss")) == [1, 2]
+    assert (Path(result.output_dir) / "config.yaml").is_file()
+
+    assert SECRET not in capsys.readouterr().out + caplog.text
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    fresh_logs = [path for path in logs.rglob("*") if path.is_file() and path.stat().st_mtime >= started]
+    assert fresh_logs, "Ray wrote no log during the run"
+    assert _files_holding(SECRET, Path(result.output_dir), auth_server.root) == []  # artifacts, store, log
+    assert [path for path in fresh_logs if SECRET.encode() in path.read_bytes()] == []
+    # What the Ray dashboard shows of the run: its train loop config.
+    state = get_state_actor()
+    runs = ray.get(state.get_train_runs.remote()) if state else {}
+    assert runs and all(SECRET not in run.model_dump_json() for run in runs.values())
