@@ -78,6 +78,20 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
     _probe(uri, clean + "/api/2.0/mlflow/experiments/search?max_results=1", timeout)
 
 
+def available(uri: str, wait_s: float) -> bool:
+    """Whether the server answers (and takes our credentials) within ``wait_s``, polling: the end of a run
+    asks this first, rather than sit in MLflow's own retries (minutes per call) when the server is down."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            check_reachable(uri, timeout=min(10.0, max(wait_s, 1.0)))
+            return True
+        except TrackingError:
+            if time.monotonic() >= deadline:
+                return False
+        time.sleep(min(5.0, max(deadline - time.monotonic(), 0.0)))
+
+
 def _probe(uri: str, url: str, timeout: float) -> None:
     import urllib.error
     import urllib.request

@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import secrets
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -132,3 +134,54 @@ def test_user_pass_uri_records_the_run_and_no_written_file_holds_the_password(
     state = get_state_actor()
     runs = ray.get(state.get_train_runs.remote()) if state else {}
     assert runs and all(SECRET not in run.model_dump_json() for run in runs.values())
+
+
+# -- MLflow down at the end of a run ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_mlflow_down_at_the_end_keeps_the_run_and_says_how_to_log_the_weights(
+        make_config, tmp_path: Path, monkeypatch, caplog) -> None:
+    server = MlflowServer(tmp_path / "mlflow").start()
+    stopped = []
+
+    def stop_server_then_copy(checkpoint_path: str, output_dir: str) -> None:
+        process = server.process
+        server.stop()
+        stopped.append(process.poll())  # the server process is gone when the end-of-run tracking starts
+        real_copy_export(checkpoint_path, output_dir)
+
+    real_copy_export = driver._copy_export
+    monkeypatch.setattr(driver, "_copy_export", stop_server_then_copy)
+    monkeypatch.setattr(driver, "END_OF_RUN_WAIT_S", 2.0)
+    caplog.set_level(logging.WARNING)
+    try:
+        result = driver.train(make_config(train_steps=2, checkpointing_steps=2, report_to="mlflow",
+                                          mlflow_tracking_uri=server.uri))
+        assert stopped and stopped[0] is not None
+        weights = Path(result.output_dir) / "pytorch_lora_weights.safetensors"
+        assert weights.is_file()
+        warning = next(r.getMessage() for r in caplog.records if "could not record the end of run" in r.getMessage())
+        assert f"The weights are safe at {weights}" in warning and result.mlflow_run_id in warning
+
+        server.start()
+        client = MlflowClient(server.uri)
+        assert client.get_run(result.mlflow_run_id).info.status == "RUNNING"  # what the outage left
+        commands = [line.strip() for line in warning.splitlines()[1:]]
+        for command in commands:  # the recovery the warning gives works as written
+            done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300,
+                                  env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+            assert done.returncode == 0, (command, done.stderr[-2000:])
+        assert [a.path for a in client.list_artifacts(result.mlflow_run_id, "weights")] == \
+            ["weights/pytorch_lora_weights.safetensors"]
+        assert client.get_run(result.mlflow_run_id).info.status == "FINISHED"
+    finally:
+        server.stop()
+
+
+def test_mlflow_down_when_a_run_fails_does_not_hide_the_run_s_error(caplog) -> None:
+    caplog.set_level(logging.WARNING)
+    driver._end_run_quietly("http://127.0.0.1:9", "0123abcd", "FAILED", "TrainingDivergedError: non-finite loss",
+                             wait_s=1.0)
+    assert "run 0123abcd could not be marked FAILED and stays RUNNING" in caplog.text

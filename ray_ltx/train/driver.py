@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 TRAINING_CONFIG = "training_config.json"
 RESOLVED_CONFIG = "config.yaml"
+END_OF_RUN_WAIT_S = 60.0  # how long the end of a run waits for an MLflow server that does not answer
 
 
 @dataclass
@@ -256,15 +257,14 @@ def train(config: Config, *, callbacks: list | None = None, parent_run_id: str |
         block = training_config_block(config, trainable, shape.samples, shape, world)
         storage.write_text(storage.join(output_dir, TRAINING_CONFIG), json.dumps(block, indent=4))
         if uri and run_id:
-            _log_outputs(config, uri, run_id, output_dir, cache, memory)
-            tracking.end_run(uri, run_id, "FINISHED")
+            _finish_tracking(config, uri, run_id, output_dir, cache, memory)
     except (_Stopped, KeyboardInterrupt) as error:
         if uri and run_id:
-            tracking.end_run(uri, run_id, "KILLED", error=f"stopped: {error or 'interrupted'}")
+            _end_run_quietly(uri, run_id, "KILLED", f"stopped: {error or 'interrupted'}")
         raise
     except BaseException as error:
         if uri and run_id:
-            tracking.end_run(uri, run_id, "FAILED", error=_describe_failure(error))
+            _end_run_quietly(uri, run_id, "FAILED", _describe_failure(error))
         user_error = _as_user_error(error)
         if user_error is error:
             raise
@@ -403,6 +403,45 @@ def _as_user_error(error: BaseException) -> BaseException:
             "and output dir, then rerun with --resume_from_checkpoint latest (incomplete checkpoints are never used)")
     cause = _root_cause(error)
     return cause if isinstance(cause, UserError) else error
+
+
+def _finish_tracking(config: Config, uri: str, run_id: str, output_dir: str, cache,
+                     memory: list[dict[str, Any]]) -> None:
+    """Log the outputs and end the run FINISHED, best effort: the weights are in output_dir already, so an
+    MLflow outage now costs the run's record, not the run (which still exits 0)."""
+    from ray_ltx import tracking
+
+    problem = None if tracking.available(uri, END_OF_RUN_WAIT_S) else "it does not answer, or refuses the credentials"
+    if problem is None:
+        try:
+            _log_outputs(config, uri, run_id, output_dir, cache, memory)
+            tracking.end_run(uri, run_id, "FINISHED")
+            return
+        except Exception as error:
+            problem = f"{type(error).__name__}: {redact(str(error))[:300]}"
+    lora = config.training.training_type == "lora"
+    weights = storage.join(output_dir, "pytorch_lora_weights.safetensors" if lora else "transformer")
+    shown = redact(uri)
+    log.warning(
+        "MLflow at %s could not record the end of run %s (%s). The weights are safe at %s. Once the server is "
+        "back, log them and end the run with:\n  MLFLOW_TRACKING_URI=%s mlflow artifacts %s %s -r %s -a %s\n"
+        "  python -c \"from mlflow import MlflowClient; MlflowClient('%s').set_terminated('%s')\"",
+        shown, run_id, problem, weights, shown, "log-artifact --local-file" if lora else "log-artifacts --local-dir",
+        weights, run_id, "weights" if lora else "weights/transformer", shown, run_id)
+
+
+def _end_run_quietly(uri: str, run_id: str, status: str, error: str, wait_s: float = 10.0) -> None:
+    """End a failed or stopped run; MLflow being down too must not hide the run's own error."""
+    from ray_ltx import tracking
+
+    try:
+        if tracking.available(uri, wait_s):
+            tracking.end_run(uri, run_id, status, error=error)
+            return
+    except Exception as tracking_error:
+        log.debug("ending run %s: %s", run_id, tracking_error)
+    log.warning("MLflow at %s did not answer: run %s could not be marked %s and stays RUNNING",
+                redact(uri), run_id, status)
 
 
 def _log_outputs(config: Config, uri: str, run_id: str, output_dir: str, cache, memory: list[dict[str, Any]]) -> None:
