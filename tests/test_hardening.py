@@ -7,6 +7,7 @@ The fast tests run the real functions on local files; the slow ones train the ti
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import MlflowServer
-from ray_ltx import tracking
+from ray_ltx import storage, tracking
 from ray_ltx.cli import main
 from ray_ltx.config import build_config
 from ray_ltx.data import cache as cache_lib
@@ -185,3 +186,63 @@ def test_mlflow_down_when_a_run_fails_does_not_hide_the_run_s_error(caplog) -> N
     driver._end_run_quietly("http://127.0.0.1:9", "0123abcd", "FAILED", "TrainingDivergedError: non-finite loss",
                              wait_s=1.0)
     assert "run 0123abcd could not be marked FAILED and stays RUNNING" in caplog.text
+
+
+# -- durability ---------------------------------------------------------------------------------------
+
+
+def test_local_writes_fsync_the_file_before_the_rename_and_the_directory_after(tmp_path: Path, monkeypatch) -> None:
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(descriptor: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
+        real_fsync(descriptor)
+
+    def replace(source: str, dest: str) -> None:
+        events.append(("rename", str(dest)))
+        real_replace(source, dest)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    cache_dir = tmp_path / "cache"
+    cache_lib.write_manifest(str(cache_dir), cache_lib.Manifest({}, {}, ["9x64x96"], []))
+    (kind, temp), rename, directory = events
+    assert kind == "fsync" and Path(temp).parent == cache_dir and Path(temp).name.startswith(".tmp-")
+    assert rename == ("rename", str(cache_dir / cache_lib.MANIFEST)) and directory == ("fsync", str(cache_dir))
+
+
+def test_a_crash_mid_export_leaves_the_previous_transformer_whole(tmp_path: Path, monkeypatch) -> None:
+    from ray_ltx.train.loop import EXPORT_DIR
+
+    export = tmp_path / "checkpoint" / EXPORT_DIR / "transformer"
+    export.mkdir(parents=True)
+    new = {"config.json": b"{}", "model-00001.safetensors": b"new" * 1000, "model-00002.safetensors": b"new" * 1000}
+    for name, data in new.items():
+        (export / name).write_bytes(data)
+    out = tmp_path / "out"
+    (out / "transformer").mkdir(parents=True)
+    old = {"config.json": b"{old}", "model-00001.safetensors": b"old", "model-00002.safetensors": b"old"}
+    for name, data in old.items():
+        (out / "transformer" / name).write_bytes(data)
+    copied: list[str] = []
+    real_copy = storage._copy_file
+
+    def dies_after_one_file(source: str, fs, dest: str) -> None:
+        if copied:
+            raise OSError(errno.EIO, "injected: the copy dies half-way")
+        real_copy(source, fs, dest)
+        copied.append(dest)
+
+    monkeypatch.setattr(storage, "_copy_file", dies_after_one_file)
+    with pytest.raises(OSError, match="half-way"):
+        driver._copy_export(str(tmp_path / "checkpoint"), str(out))
+    assert len(copied) == 1  # one file of the new transformer was written when it died
+
+    def contents() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in (out / "transformer").iterdir()}
+
+    assert contents() == old and [p.name for p in out.iterdir()] == ["transformer"]
+    monkeypatch.undo()
+    driver._copy_export(str(tmp_path / "checkpoint"), str(out))
+    assert contents() == new and [p.name for p in out.iterdir()] == ["transformer"]

@@ -196,12 +196,17 @@ def _cluster_has_gpus() -> bool:
 
 
 def _copy_export(checkpoint_path: str, output_dir: str) -> None:
+    """The final weights into output_dir: a folder (``transformer/``) is swapped in whole, a file atomically,
+    so a crash mid-copy leaves the previous weights or none, never a half-copied model."""
     from ray_ltx.train.loop import EXPORT_DIR
 
     source = storage.join(checkpoint_path, EXPORT_DIR)
     if not storage.is_dir(source):
-        raise CheckpointError(f"the final checkpoint {checkpoint_path} holds no exported weights")
-    storage.copy_dir(source, output_dir)
+        raise CheckpointError(f"the final checkpoint {redact(checkpoint_path)} holds no exported weights")
+    for name in storage.list_dirs(source):
+        storage.replace_dir(storage.join(source, name), storage.join(output_dir, name))
+    for path in storage.list_files(source, recursive=False):
+        storage.write_bytes(storage.join(output_dir, path.rsplit("/", 1)[-1]), storage.read_bytes(path))
 
 
 def train(config: Config, *, callbacks: list | None = None, parent_run_id: str | None = None,
