@@ -146,7 +146,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from ray_ltx.model.tiny import write_pipeline
 
-    path = write_pipeline(args.out, size="full" if args.full_size else "tiny", seed=args.seed)
+    path = write_pipeline(args.out, size="full" if args.full_size else "tiny", seed=args.seed, overwrite=args.overwrite)
     print(f"wrote a {'full-size' if args.full_size else 'tiny'} LTX-Video pipeline (random weights) to {path}")
     return 0
 
@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", required=True, help="output directory")
     tiny.add_argument("--full-size", action="store_true", help="diffusers default (full-size) configs")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--overwrite", action="store_true",
+                      help="replace --out even if it holds files make-tiny-model did not write")
 
     samples = command("make-sample-data", cmd_make_sample_data, "Write sample videos in the finetrainers layout.")
     samples.add_argument("--out", required=True, help="output directory")

@@ -6,6 +6,9 @@ of ray-ltx goes through here, and every write is atomic: a temporary name, then 
 reader never takes a half-written file for a complete one. On local (and mounted) filesystems a
 write is also durable: the file is fsynced before the rename and its directory after, so a power
 loss or kernel crash leaves the old file or the new one, not an empty or truncated one.
+
+Recursive deletes refuse the filesystem root, the root of a bucket, and any directory that holds
+the home or the current directory: a mistyped path must never take them with it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import uuid
 from pathlib import Path, PurePosixPath
 
 import pyarrow.fs as pafs
+
+from ray_ltx.errors import OutputDirError
+from ray_ltx.redaction import redact
 
 COPY_CHUNK = 16 << 20
 
@@ -131,9 +137,33 @@ def _delete_quietly(fs: pafs.FileSystem, inner: str) -> None:
 
 
 def delete_dir(path: str) -> None:
+    """Delete a directory tree (nothing if it does not exist); refuses the places listed in the module doc."""
+    check_deletable(path)
     fs, inner = filesystem(path)
     if fs.get_file_info(inner).type == pafs.FileType.Directory:
         fs.delete_dir(inner)
+
+
+def check_deletable(path: str) -> None:
+    """Raise OutputDirError if ``path`` is one of the places a recursive delete must never touch."""
+    path = str(path)
+    if is_uri(path):
+        problem = "it is the root of a bucket" if "/" not in path.partition("://")[2].strip("/") else None
+    else:
+        problem = _unsafe_local(Path(absolute(path)))
+    if problem:
+        raise OutputDirError(f"refusing to delete {redact(path)}: {problem}. Nothing was deleted; give the "
+                             "run (--output_dir, --cache_dir, --storage_path, --out) a directory of its own")
+
+
+def _unsafe_local(target: Path) -> str | None:
+    if target == Path(target.anchor):
+        return "it is the filesystem root"
+    for name, protected in (("your home directory", Path.home()), ("the current directory", Path.cwd())):
+        protected = protected.resolve()
+        if target == protected or target in protected.parents:
+            return f"it is or holds {name} ({protected})"
+    return None
 
 
 def list_files(path: str, recursive: bool = True) -> list[str]:

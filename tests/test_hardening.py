@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import MlflowServer
+from conftest import MlflowServer, copy_tree
 from ray_ltx import storage, tracking
 from ray_ltx.cli import main
 from ray_ltx.config import build_config
 from ray_ltx.data import cache as cache_lib
 from ray_ltx.data import pipeline
 from ray_ltx.data.sources import read_records
-from ray_ltx.errors import CacheError, DatasetError, TrackingError
+from ray_ltx.errors import CacheError, ConfigError, DatasetError, OutputDirError, TrackingError
 from ray_ltx.redaction import redacted_config
 from ray_ltx.train import driver
 
@@ -186,6 +186,68 @@ def test_mlflow_down_when_a_run_fails_does_not_hide_the_run_s_error(caplog) -> N
     driver._end_run_quietly("http://127.0.0.1:9", "0123abcd", "FAILED", "TrainingDivergedError: non-finite loss",
                              wait_s=1.0)
     assert "run 0123abcd could not be marked FAILED and stays RUNNING" in caplog.text
+
+
+# -- output safety ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["..", "../..", "a/b", ".hidden", ""])
+def test_run_name_must_be_one_safe_directory_name(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"distributed\.run_name \(--run_name\).*one directory name"):
+        build_config({"run_name": name})
+    assert build_config({"run_name": "lora-r64_v1.2"}).distributed.run_name == "lora-r64_v1.2"
+
+
+def test_recursive_deletes_refuse_root_home_cwd_and_their_parents(tmp_path: Path, monkeypatch) -> None:
+    home, work = tmp_path / "users" / "me", tmp_path / "projects" / "ltx" / "work"
+    for path in (home, work, tmp_path / "projects" / "old-run"):
+        path.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    for path, reason in (("/", "the filesystem root"), (home, "your home directory"), (home.parent, "your home"),
+                         (work, "the current directory"), (work.parent.parent, "the current directory"),
+                         ("s3://bucket", "the root of a bucket")):
+        with pytest.raises(OutputDirError, match=f"refusing to delete .*{reason}"):
+            storage.check_deletable(str(path))
+    with pytest.raises(OutputDirError):
+        storage.delete_dir(str(work.parent))
+    assert work.is_dir() and home.is_dir()
+    storage.delete_dir(str(tmp_path / "projects" / "old-run"))  # a directory of its own goes
+    assert not (tmp_path / "projects" / "old-run").exists()
+
+
+def test_make_tiny_model_refuses_a_directory_it_did_not_write(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["make-tiny-model", "--out", str(out)]) == OutputDirError.exit_code
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+    assert main(["make-tiny-model", "--out", str(out), "--overwrite"]) == 0
+    assert (out / "model_index.json").is_file() and not (out / "notes.txt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_overwrite_output_dir_replaces_the_run_and_keeps_the_cache(make_config, shared_cache: Path,
+                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    copy_tree(shared_cache, out / "cache")  # the default cache_dir: inside output_dir
+    shards = {path: path.stat().st_mtime_ns for path in (out / "cache").rglob("*.parquet")}
+    first = driver.train(make_config(cache_dir=None, train_steps=2, checkpointing_steps=2, seed=1))
+    (out / "validation").mkdir()
+    (out / "validation" / "old.mp4").write_bytes(b"old video")
+    lora = (out / "pytorch_lora_weights.safetensors").read_bytes()
+    with pytest.raises(OutputDirError, match="holds another training run"):
+        driver.train(make_config(cache_dir=None, train_steps=4, checkpointing_steps=4, seed=2))
+    second = driver.train(make_config(cache_dir=None, train_steps=4, checkpointing_steps=4, seed=2,
+                                      overwrite_output_dir=True))
+    assert (first.steps, second.steps) == (2, 4)
+    assert sorted(p.name for p in (out / "ray" / "train").glob("checkpoint_*")) == ["checkpoint_00000004"]
+    assert json.loads((out / "training_config.json").read_text())["train steps"] == 4
+    assert (out / "pytorch_lora_weights.safetensors").read_bytes() != lora
+    assert not (out / "validation").exists()
+    assert {path: path.stat().st_mtime_ns for path in (out / "cache").rglob("*.parquet")} == shards
 
 
 # -- durability ---------------------------------------------------------------------------------------

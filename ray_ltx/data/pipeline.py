@@ -164,12 +164,10 @@ def _check_fingerprint(config: Config, cache_dir: str, fp: dict[str, Any], exist
             + "\nPass --rebuild_cache to rebuild it, or --cache_dir to use another location"
         )
     log.warning("rebuilding the latent cache in %s (%s)", redact(cache_dir), "; ".join(problems))
+    # Only the cache's own names: a --cache_dir that also holds other files keeps them.
     storage.delete_dir(storage.join(cache_dir, cache_lib.SHARDS))
     for name in (cache_lib.MANIFEST, cache_lib.EMPTY_PROMPT):
-        path = storage.join(cache_dir, name)
-        if storage.is_file(path):
-            fs, inner = storage.filesystem(path)
-            fs.delete_file(inner)
+        storage.delete_file(storage.join(cache_dir, name))
     headers.clear()
 
 

@@ -30,6 +30,7 @@ from tokenizers.models import Unigram
 from transformers import T5Config, T5EncoderModel, T5TokenizerFast
 
 Size = Literal["tiny", "full"]
+WRITTEN_MARKER = ".ray-ltx-tiny-model"  # tells a directory written here (and replaceable) from anything else
 
 # Rows of the tiny text encoder's embedding: room for every piece of `build_tokenizer`, as T5-XXL has 32128
 # rows for its 32100 pieces.
@@ -223,14 +224,17 @@ def _build_scheduler() -> FlowMatchEulerDiscreteScheduler:
 
 
 def write_pipeline(
-    out_dir: str | Path, size: Size = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32
+    out_dir: str | Path, size: Size = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32,
+    overwrite: bool = False,
 ) -> Path:
     """Write a diffusers LTX-Video pipeline directory that `LTXPipeline.from_pretrained` loads like the real one.
 
     The directory is built beside `out_dir` and renamed into place, so a crash never leaves a half-written
-    model; an existing `out_dir` is replaced.
+    model. An existing `out_dir` is replaced only if it is empty or a model written here before, or with
+    `overwrite`.
     """
     out_dir = Path(out_dir).absolute()
+    _check_replaceable(out_dir, overwrite)
     pipeline = LTXPipeline(
         scheduler=_build_scheduler(),
         vae=build_vae(size, dtype, seed=seed),
@@ -242,6 +246,7 @@ def write_pipeline(
     staging = out_dir.with_name(f".{out_dir.name}.partial-{uuid.uuid4().hex}")
     try:
         pipeline.save_pretrained(staging)
+        (staging / WRITTEN_MARKER).write_text("a random-weight LTX-Video pipeline written by ray-ltx make-tiny-model\n")
         if out_dir.exists():
             retired = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex}")
             out_dir.rename(retired)
@@ -252,6 +257,20 @@ def write_pipeline(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def _check_replaceable(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace a directory holding anything else than a model written here (a real model, data)."""
+    from ray_ltx import storage
+    from ray_ltx.errors import OutputDirError
+
+    if not out_dir.exists():
+        return
+    storage.check_deletable(str(out_dir))
+    if overwrite or (out_dir / WRITTEN_MARKER).is_file() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return
+    raise OutputDirError(f"--out {out_dir} already holds files that make-tiny-model did not write; pass --overwrite "
+                         "to replace it (everything in it is deleted), or choose another --out")
 
 
 def _is_tiny(size: str) -> bool:

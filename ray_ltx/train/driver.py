@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 TRAINING_CONFIG = "training_config.json"
 RESOLVED_CONFIG = "config.yaml"
+# What a run writes to output_dir; --overwrite_output_dir removes these and nothing else (the cache stays).
+RUN_OUTPUTS = (TRAINING_CONFIG, RESOLVED_CONFIG, "pytorch_lora_weights.safetensors", "transformer", "memory.md",
+               "memory.json", "validation")
 END_OF_RUN_WAIT_S = 60.0  # how long the end of a run waits for an MLflow server that does not answer
 
 
@@ -93,10 +96,10 @@ def _prepare_output_dir(config: Config, run_dir: str) -> None:
     if config.training.resume_from_checkpoint:
         return
     if config.training.overwrite_output_dir:
-        log.warning("--overwrite_output_dir: removing the previous run in %s (the latent cache is kept)", output)
-        storage.delete_dir(run_dir)
-        for name in (TRAINING_CONFIG, RESOLVED_CONFIG, "pytorch_lora_weights.safetensors", "transformer",
-                     "memory.md", "memory.json"):
+        log.warning("--overwrite_output_dir: removing the previous run in %s (the latent cache is kept)",
+                    redact(output))
+        storage.delete_dir(run_dir)  # <storage_path>/<run_name>: Ray Train's directory of this run
+        for name in RUN_OUTPUTS:
             path = storage.join(output, name)
             if storage.is_dir(path):
                 storage.delete_dir(path)
