@@ -11,7 +11,9 @@ import errno
 import json
 import logging
 import os
+import re
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import MlflowServer, copy_tree
-from ray_ltx import storage, tracking
+from ray_ltx import locks, storage, tracking
 from ray_ltx.cli import main
 from ray_ltx.config import build_config
 from ray_ltx.data import cache as cache_lib
@@ -250,6 +252,66 @@ def test_overwrite_output_dir_replaces_the_run_and_keeps_the_cache(make_config, 
     assert {path: path.stat().st_mtime_ns for path in (out / "cache").rglob("*.parquet")} == shards
 
 
+# -- locks --------------------------------------------------------------------------------------------
+
+HOLDER = """
+import sys, time
+from ray_ltx import locks
+from ray_ltx.errors import UserError
+with locks.exclusive(sys.argv[1], sys.argv[2], UserError):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def _hold_in_another_process(directory: Path, role: str) -> subprocess.Popen:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory), role], stdout=subprocess.PIPE,
+                              text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_run_on_a_locked_output_or_cache_dir_is_refused_then_a_dead_holder_s_lock_is_taken(
+        tmp_path: Path) -> None:
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    holders = [_hold_in_another_process(out, "output"), _hold_in_another_process(cache, "cache")]
+    try:
+        config = build_config({"output_dir": str(out), "cache_dir": str(cache), "report_to": "none"})
+        with pytest.raises(OutputDirError, match=f"in use by another ray-ltx run: pid {holders[0].pid} on "
+                                                 f"{re.escape(socket.gethostname())}"):
+            driver.train(config)
+        with pytest.raises(CacheError, match=f"in use by another ray-ltx run: pid {holders[1].pid}"):
+            pipeline.preprocess(config)
+        assert not (out / "config.yaml").exists() and not (out / "ray").exists()
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+    lock_file = out / ".ray-ltx-output.lock"
+    assert json.loads(lock_file.read_text())["pid"] == holders[0].pid  # SIGKILL left the lock behind
+    with locks.exclusive(str(out), "output", OutputDirError):
+        assert json.loads(lock_file.read_text())["pid"] == os.getpid()
+    assert not lock_file.exists()
+
+
+def test_a_lock_from_another_host_expires_with_its_heartbeat_and_a_reused_pid_is_not_its_holder(tmp_path: Path) -> None:
+    lock_file = tmp_path / ".ray-ltx-cache.lock"
+
+    def plant(host: str, pid: int, pid_start: str, age: float) -> None:
+        lock_file.write_text(json.dumps({"host": host, "pid": pid, "pid_start": pid_start, "started": time.time(),
+                                         "command": "ray-ltx preprocess", "token": "t"}))
+        os.utime(lock_file, (time.time() - age, time.time() - age))
+
+    plant("gpu-node-7", 4242, "1", age=5)
+    with pytest.raises(CacheError, match=r"pid 4242 on gpu-node-7 .*last heartbeat \d+ s ago.*expires 90 s"):
+        locks.acquire(str(tmp_path), "cache", CacheError)
+    plant("gpu-node-7", 4242, "1", age=locks.STALE_S + 5)
+    locks.acquire(str(tmp_path), "cache", CacheError).release()
+    plant(socket.gethostname(), os.getppid(), "not-its-start-time", age=0)  # a live pid, now another process
+    locks.acquire(str(tmp_path), "cache", CacheError).release()
+    assert not lock_file.exists()
+
+
 # -- durability ---------------------------------------------------------------------------------------
 
 
@@ -308,3 +370,4 @@ def test_a_crash_mid_export_leaves_the_previous_transformer_whole(tmp_path: Path
     monkeypatch.undo()
     driver._copy_export(str(tmp_path / "checkpoint"), str(out))
     assert contents() == new and [p.name for p in out.iterdir()] == ["transformer"]
+

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ray_ltx import storage
+from ray_ltx import locks, storage
 from ray_ltx.config import Config
 from ray_ltx.data import cache as cache_lib
 from ray_ltx.data.buckets import Bucket, assign_bucket
@@ -249,12 +249,20 @@ def _encoded_batches(config: Config, rows: list[dict[str, Any]], cache_dir: str,
 
 
 def preprocess(config: Config) -> cache_lib.Manifest:
-    """Build (or complete) the latent cache for ``config`` and return its manifest."""
+    """Build (or complete) the latent cache for ``config`` and return its manifest.
+
+    Holds the cache's lock meanwhile: a second preprocessing of the same cache stops with an error naming this one.
+    """
+    config = config.resolved()
+    with locks.exclusive(config.cache_dir, "cache", CacheError):
+        return _preprocess(config)
+
+
+def _preprocess(config: Config) -> cache_lib.Manifest:
     from ray_ltx.cluster import init_ray
     from ray_ltx.model.loading import component_digests
 
     started = time.monotonic()
-    config = config.resolved()
     cache_dir = config.cache_dir
     records, listing_skips, layout = read_records(config)
     fp = cache_lib.fingerprint(config, component_digests(config))

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from ray_ltx import storage
+from ray_ltx import locks, storage
 from ray_ltx.config import Config
 from ray_ltx.errors import (
     CheckpointError,
@@ -214,7 +214,17 @@ def _copy_export(checkpoint_path: str, output_dir: str) -> None:
 
 def train(config: Config, *, callbacks: list | None = None, parent_run_id: str | None = None,
           run_name: str | None = None, quiet: bool = False) -> TrainResult:
-    """Train as configured; returns where everything went. Raises UserError subclasses for the user's mistakes."""
+    """Train as configured; returns where everything went. Raises UserError subclasses for the user's mistakes.
+
+    The run holds output_dir's lock throughout: a second run there stops with an error naming this one.
+    """
+    config = config.resolved()
+    with locks.exclusive(config.output_dir, "output", OutputDirError):
+        return _train(config, callbacks=callbacks, parent_run_id=parent_run_id, run_name=run_name, quiet=quiet)
+
+
+def _train(config: Config, *, callbacks: list | None, parent_run_id: str | None, run_name: str | None,
+           quiet: bool) -> TrainResult:
     from ray_ltx import tracking
     from ray_ltx.cluster import cluster_shape, init_ray
     from ray_ltx.data.cache import LatentCache
@@ -222,7 +232,6 @@ def train(config: Config, *, callbacks: list | None = None, parent_run_id: str |
     from ray_ltx.train.data import build_plan, holdout_batches, plan_shape, split_holdout, training_dataset
 
     started = time.monotonic()
-    config = config.resolved()
     output_dir = config.output_dir
     run_dir = storage_dir(config)
     _prepare_output_dir(config, run_dir)
