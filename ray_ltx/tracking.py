@@ -14,7 +14,6 @@ a Ray runtime env.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -73,9 +72,9 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return
     clean = connect(uri).rstrip("/")
-    _probe(uri, clean + "/health", timeout)
+    _probe(uri, clean, "/health", timeout)
     # /health answers without credentials; an API call shows whether the server takes ours.
-    _probe(uri, clean + "/api/2.0/mlflow/experiments/search?max_results=1", timeout)
+    _probe(uri, clean, "/api/2.0/mlflow/experiments/search", timeout, params={"max_results": 1})
 
 
 def available(uri: str, wait_s: float) -> bool:
@@ -92,36 +91,30 @@ def available(uri: str, wait_s: float) -> bool:
         time.sleep(min(5.0, max(deadline - time.monotonic(), 0.0)))
 
 
-def _probe(uri: str, url: str, timeout: float) -> None:
-    import urllib.error
-    import urllib.request
+def _probe(uri: str, clean: str, endpoint: str, timeout: float, **request: Any) -> None:
+    """One request through MLflow's own HTTP client, so it authenticates as the run will (basic auth, a token,
+    TLS settings, from the environment or ~/.mlflow/credentials), without MLflow's retries."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
 
-    from mlflow.utils.credentials import read_mlflow_creds
-
-    request = urllib.request.Request(url)
-    user, password = read_mlflow_creds()  # as MLflow will: the environment, else ~/.mlflow/credentials
-    if user:
-        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
+    credentials = get_default_host_creds(clean)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read()
-    except urllib.error.HTTPError as error:
-        if error.code not in (401, 403):
-            return  # it answers; whatever else is wrong shows in MLflow's own error
-        given = f"user {user!r}" if user else "no credentials"
+        response = http_request(credentials, endpoint, "GET", max_retries=0, timeout=timeout,
+                                raise_on_status=False, **request)
+    except Exception as error:  # connection refused, unknown host, TLS: MLflow wraps them all
         raise TrackingError(
-            f"the MLflow tracking server {redact(uri)} refused the request with {given} (HTTP {error.code}). Put "
-            "the right user and password in the URI (https://USER:PASSWORD@host, percent-encoding ':' '@' '/' "
-            "in them) or in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD; on HTTP 403 the user needs "
-            "permission on the server (an MLflow admin grants it)"
-        ) from None
-    except (urllib.error.URLError, OSError) as error:
-        raise TrackingError(
-            f"the MLflow tracking server {redact(uri)} is unreachable ({redact(str(error))}). Start it (e.g. "
+            f"the MLflow tracking server {redact(uri)} is unreachable ({redact(str(error))[:500]}). Start it (e.g. "
             "`mlflow server --host 127.0.0.1 --port 5000`), fix --mlflow_tracking_uri / MLFLOW_TRACKING_URI, or "
             "pass --report_to none to train without tracking"
         ) from None
+    if response.status_code in (401, 403):
+        given = f"user {credentials.username!r}" if credentials.username else "no credentials"
+        raise TrackingError(
+            f"the MLflow tracking server {redact(uri)} refused the request with {given} (HTTP "
+            f"{response.status_code}). Put the right user and password in the URI (https://USER:PASSWORD@host, "
+            "percent-encoding ':' '@' '/' in them) or in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD; on "
+            "HTTP 403 the user needs permission on the server (an MLflow admin grants it)"
+        )
 
 
 def _artifact_location(uri: str, name: str) -> str | None:
