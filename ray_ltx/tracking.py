@@ -72,9 +72,24 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return
     clean = connect(uri).rstrip("/")
-    _probe(uri, clean, "/health", timeout)
-    # /health answers without credentials; an API call shows whether the server takes ours.
-    _probe(uri, clean, "/api/2.0/mlflow/experiments/search", timeout, params={"max_results": 1})
+    failure = _probe(clean, "/health", timeout)
+    if isinstance(failure, Exception):
+        raise TrackingError(
+            f"the MLflow tracking server {redact(uri)} is unreachable ({redact(str(failure))[:500]}). Start it (e.g. "
+            "`mlflow server --host 127.0.0.1 --port 5000`), fix --mlflow_tracking_uri / MLFLOW_TRACKING_URI, or "
+            "pass --report_to none to train without tracking")
+    # /health answers without credentials; an API call shows whether the server takes ours. Only a refusal
+    # counts here: a slow answer (a busy server hashing passwords) is left to MLflow's own retries.
+    if failure is None:
+        failure = _probe(clean, "/api/2.0/mlflow/experiments/search", timeout, params={"max_results": 1})
+    if isinstance(failure, tuple):
+        status, user = failure
+        given = f"user {user!r}" if user else "no credentials"
+        raise TrackingError(
+            f"the MLflow tracking server {redact(uri)} refused the request with {given} (HTTP {status}). Put the "
+            "right user and password in the URI (https://USER:PASSWORD@host, percent-encoding ':' '@' '/' in them) "
+            "or in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD; on HTTP 403 the user needs permission on "
+            "the server (an MLflow admin grants it)")
 
 
 def available(uri: str, wait_s: float) -> bool:
@@ -91,9 +106,10 @@ def available(uri: str, wait_s: float) -> bool:
         time.sleep(min(5.0, max(deadline - time.monotonic(), 0.0)))
 
 
-def _probe(uri: str, clean: str, endpoint: str, timeout: float, **request: Any) -> None:
+def _probe(clean: str, endpoint: str, timeout: float, **request: Any) -> Exception | tuple[int, str | None] | None:
     """One request through MLflow's own HTTP client, so it authenticates as the run will (basic auth, a token,
-    TLS settings, from the environment or ~/.mlflow/credentials), without MLflow's retries."""
+    TLS settings, from the environment or ~/.mlflow/credentials), without MLflow's retries. Returns the
+    connection error, (status, user) when the server refused us, or None."""
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
@@ -101,20 +117,11 @@ def _probe(uri: str, clean: str, endpoint: str, timeout: float, **request: Any) 
     try:
         response = http_request(credentials, endpoint, "GET", max_retries=0, timeout=timeout,
                                 raise_on_status=False, **request)
-    except Exception as error:  # connection refused, unknown host, TLS: MLflow wraps them all
-        raise TrackingError(
-            f"the MLflow tracking server {redact(uri)} is unreachable ({redact(str(error))[:500]}). Start it (e.g. "
-            "`mlflow server --host 127.0.0.1 --port 5000`), fix --mlflow_tracking_uri / MLFLOW_TRACKING_URI, or "
-            "pass --report_to none to train without tracking"
-        ) from None
+    except Exception as error:  # connection refused, unknown host, TLS, a timeout: MLflow wraps them all
+        return error
     if response.status_code in (401, 403):
-        given = f"user {credentials.username!r}" if credentials.username else "no credentials"
-        raise TrackingError(
-            f"the MLflow tracking server {redact(uri)} refused the request with {given} (HTTP "
-            f"{response.status_code}). Put the right user and password in the URI (https://USER:PASSWORD@host, "
-            "percent-encoding ':' '@' '/' in them) or in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD; on "
-            "HTTP 403 the user needs permission on the server (an MLflow admin grants it)"
-        )
+        return response.status_code, credentials.username
+    return None
 
 
 def _artifact_location(uri: str, name: str) -> str | None:
