@@ -164,7 +164,7 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from ray_ltx.model.tiny import write_pipeline
 
     path = write_pipeline(args.out, size="full" if args.full_size else "tiny", seed=args.seed, version=args.version,
-                          family=args.family)
+                          family=args.family, overwrite=args.overwrite)
     model = "LTX-2" if args.family == "ltx2" else f"LTX-Video {args.version or '0.9.0'}"
     print(f"wrote a {'full-size' if args.full_size else 'tiny'} {model} pipeline (random weights) to {path}")
     return 0
@@ -260,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="model family [default: %(default)s]")
     tiny.add_argument("--version", default=None, choices=["0.9.0", "0.9.1", "0.9.5", "0.9.7-13b", "2.0"],
                       help="which release's configuration [default: 0.9.0, LTX-2: 2.0]")
+    tiny.add_argument("--overwrite", action="store_true",
+                      help="replace --out even if it holds files make-tiny-model did not write")
 
     samples = command("make-sample-data", cmd_make_sample_data, "Write sample videos in the finetrainers layout.")
     samples.add_argument("--out", required=True, help="output directory")

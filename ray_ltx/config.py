@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -302,6 +303,15 @@ class DistributedConfig(_Section):
     """Where Ray Train keeps checkpoints (a path or URI all nodes reach); default: <output_dir>/ray."""
     run_name: str = "train"
     """Name of the Ray Train run under storage_path; resuming needs the same name."""
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name_is_one_path_component(cls, value: str) -> str:
+        # It names <storage_path>/<run_name>, which --overwrite_output_dir deletes: '..' or 'a/b' would point elsewhere.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError("must be one directory name: letters, digits, '.', '_' and '-', starting with a letter "
+                             "or digit (no '/', no '..'), e.g. --run_name train")
+        return value
 
 
 class TrackingConfig(_Section):

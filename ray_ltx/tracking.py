@@ -4,6 +4,12 @@ Only the driver and training rank 0 talk to MLflow. The driver creates the run (
 ends it (FINISHED, FAILED with the error as a tag, or KILLED); rank 0 logs per-step metrics through
 :class:`RunLogger`, which buffers and retries so a tracking server restart mid-run loses nothing.
 The tracking URI travels in the config, so workers on other nodes reach the same server.
+
+A server behind basic auth takes ``https://USER:PASSWORD@host[:port]``: MLflow is handed the URI
+without its user-info, and the credentials go where MLflow reads them (``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD`` in the environment of the process that talks to the server). Each such
+process (the driver, rank 0) derives them from the URI it holds in memory, so they are never put in
+a Ray runtime env.
 """
 
 from __future__ import annotations
@@ -13,12 +19,13 @@ import logging
 import os
 import re
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from ray_ltx.config import Config
 from ray_ltx.errors import TrackingError
-from ray_ltx.redaction import SECRET_NAMES, redact
+from ray_ltx.redaction import SECRET_NAMES, Secret, redact, reveal
 
 log = logging.getLogger(__name__)
 
@@ -32,30 +39,89 @@ def enabled(config: Config) -> bool:
     return config.tracking.report_to in ("mlflow", "wandb")
 
 
-def client(uri: str):
+def split_credentials(uri: str) -> tuple[str, tuple[str, str] | None]:
+    """(the URI without user-info, (user, password) from it), for http(s) URIs; others as they are."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)), (urllib.parse.unquote(user),
+                                                                   urllib.parse.unquote(password))
+
+
+def connect(uri: str | Secret) -> str:
+    """The URI to hand MLflow; credentials in its user-info go to this process's environment, where MLflow
+    reads them for every request (they take precedence over credentials already there)."""
+    clean, credentials = split_credentials(reveal(uri))
+    if credentials:
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = credentials
+    return clean
+
+
+def client(uri: str | Secret):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=connect(uri))
 
 
 def check_reachable(uri: str, timeout: float = 10.0) -> None:
-    """Fail fast, before any training, when a remote tracking server does not answer."""
+    """Fail fast, before any training, when a remote tracking server does not answer or refuses us."""
     if not uri.startswith(("http://", "https://")):
         if uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
-            response.read()
-    except (urllib.error.URLError, OSError) as error:
+    clean = connect(uri).rstrip("/")
+    failure = _probe(clean, "/health", timeout)
+    if isinstance(failure, Exception):
         raise TrackingError(
-            f"the MLflow tracking server {redact(uri)} is unreachable ({error}). Start it (e.g. `mlflow server "
-            "--host 127.0.0.1 --port 5000`), fix --mlflow_tracking_uri / MLFLOW_TRACKING_URI, or pass "
-            "--report_to none to train without tracking"
-        ) from None
+            f"the MLflow tracking server {redact(uri)} is unreachable ({redact(str(failure))[:500]}). Start it (e.g. "
+            "`mlflow server --host 127.0.0.1 --port 5000`), fix --mlflow_tracking_uri / MLFLOW_TRACKING_URI, or "
+            "pass --report_to none to train without tracking")
+    # /health answers without credentials; an API call shows whether the server takes ours. Only a refusal
+    # counts here: a slow answer (a busy server hashing passwords) is left to MLflow's own retries.
+    if failure is None:
+        failure = _probe(clean, "/api/2.0/mlflow/experiments/search", timeout, params={"max_results": 1})
+    if isinstance(failure, tuple):
+        status, user = failure
+        given = f"user {user!r}" if user else "no credentials"
+        raise TrackingError(
+            f"the MLflow tracking server {redact(uri)} refused the request with {given} (HTTP {status}). Put the "
+            "right user and password in the URI (https://USER:PASSWORD@host, percent-encoding ':' '@' '/' in them) "
+            "or in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD; on HTTP 403 the user needs permission on "
+            "the server (an MLflow admin grants it)")
+
+
+def available(uri: str, wait_s: float) -> bool:
+    """Whether the server answers (and takes our credentials) within ``wait_s``, polling: the end of a run
+    asks this first, rather than sit in MLflow's own retries (minutes per call) when the server is down."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            check_reachable(uri, timeout=min(10.0, max(wait_s, 1.0)))
+            return True
+        except TrackingError:
+            if time.monotonic() >= deadline:
+                return False
+        time.sleep(min(5.0, max(deadline - time.monotonic(), 0.0)))
+
+
+def _probe(clean: str, endpoint: str, timeout: float, **request: Any) -> Exception | tuple[int, str | None] | None:
+    """One request through MLflow's own HTTP client, so it authenticates as the run will (basic auth, a token,
+    TLS settings, from the environment or ~/.mlflow/credentials), without MLflow's retries. Returns the
+    connection error, (status, user) when the server refused us, or None."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    credentials = get_default_host_creds(clean)
+    try:
+        response = http_request(credentials, endpoint, "GET", max_retries=0, timeout=timeout,
+                                raise_on_status=False, **request)
+    except Exception as error:  # connection refused, unknown host, TLS, a timeout: MLflow wraps them all
+        return error
+    if response.status_code in (401, 403):
+        return response.status_code, credentials.username
+    return None
 
 
 def _artifact_location(uri: str, name: str) -> str | None:
@@ -108,16 +174,27 @@ def ray_job_id() -> str | None:
 def start_run(config: Config, *, run_name: str | None = None, parent_run_id: str | None = None,
               extra_params: dict[str, Any] | None = None, tags: dict[str, str] | None = None) -> str:
     """Create a run holding the resolved config as params; returns its id."""
-    from mlflow.entities import Param, RunTag
+    from mlflow.exceptions import MlflowException
 
     uri = config.tracking_uri
     check_reachable(uri)
+    try:
+        return _create_run(config, uri, run_name, parent_run_id, extra_params, tags)
+    except MlflowException as error:
+        raise TrackingError(f"the MLflow tracking server {redact(uri)} refused to create the run: "
+                            f"{redact(str(error))[:1000]}") from None
+
+
+def _create_run(config: Config, uri: str, run_name: str | None, parent_run_id: str | None,
+                extra_params: dict[str, Any] | None, tags: dict[str, str] | None) -> str:
+    from mlflow.entities import Param, RunTag
+
     mlflow_client = client(uri)
     experiment_id = _experiment_id(mlflow_client, config.tracking.tracker_name, uri)
     all_tags = {
         "mlflow.runName": run_name or config.tracking.mlflow_run_name or Path(config.output_dir).name,
         "training_type": config.training.training_type,
-        "model_id": config.model.pretrained_model_name_or_path,
+        "model_id": redact(config.model.pretrained_model_name_or_path),
         "mlflow.source.name": "ray-ltx",
     }
     job_id = ray_job_id()
@@ -185,20 +262,21 @@ class RunLogger:
     away at the end, they go to a JSONL file beside the outputs and the run says so in a warning.
     """
 
-    def __init__(self, uri: str, run_id: str, flush_seconds: float = 5.0, system_metrics: bool = False):
-        self.uri, self.run_id = uri, run_id
+    def __init__(self, uri: str | Secret, run_id: str, flush_seconds: float = 5.0, system_metrics: bool = False):
+        self.run_id = run_id
+        self.uri = connect(uri)  # in this process (rank 0): credentials from the URI held in memory
         self.flush_seconds = flush_seconds
         self.buffer: list[tuple[str, float, int, int]] = []
         self.last_flush = time.monotonic()
         self.failures = 0
-        self._client = client(uri)
+        self._client = client(self.uri)
         self._monitor = None
         if system_metrics:
             try:
                 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
                 self._monitor = SystemMetricsMonitor(run_id, sampling_interval=10, resume_logging=True,
-                                                     **_monitor_uri_argument(SystemMetricsMonitor, uri))
+                                                     **_monitor_uri_argument(SystemMetricsMonitor, self.uri))
                 self._monitor.start()
             except Exception as error:  # optional: psutil/pynvml missing or an old MLflow
                 log.info("MLflow system metrics off: %s", error)

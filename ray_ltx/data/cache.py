@@ -31,6 +31,7 @@ import torch
 from ray_ltx import __version__, storage
 from ray_ltx.config import Config
 from ray_ltx.errors import CacheError
+from ray_ltx.redaction import redact
 
 if TYPE_CHECKING:
     from ray_ltx.model.family import ModelFamily
@@ -299,7 +300,7 @@ def read_manifest(cache_dir: str) -> Manifest | None:
     try:
         data = json.loads(storage.read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CacheError(f"{path}: not a valid manifest ({error}); rebuild the cache with --rebuild_cache") from None
+        raise CacheError(f"{redact(path)}: not a valid manifest ({error}); rebuild the cache with --rebuild_cache") from None
     return Manifest.from_dict(data)
 
 
@@ -378,7 +379,7 @@ class LatentCache:
     def open(cls, cache_dir: str) -> LatentCache:
         manifest = read_manifest(cache_dir)
         if manifest is None:
-            raise CacheError(f"no complete latent cache in {cache_dir}: run `ray-ltx preprocess` first")
+            raise CacheError(f"no complete latent cache in {redact(cache_dir)}: run `ray-ltx preprocess` first")
         return cls(cache_dir, manifest)
 
     def sample_ids(self, bucket: str | None = None) -> list[str]:

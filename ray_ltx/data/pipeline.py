@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ray_ltx import storage
+from ray_ltx import locks, storage
 from ray_ltx.config import Config
 from ray_ltx.data import cache as cache_lib
 from ray_ltx.data.buckets import Bucket, assign_bucket
@@ -202,16 +202,14 @@ def _check_fingerprint(config: Config, cache_dir: str, fp: dict[str, Any], exist
         return
     if not config.data.rebuild_cache:
         raise CacheError(
-            f"the latent cache in {cache_dir} was built for something else:\n  " + "\n  ".join(problems)
+            f"the latent cache in {redact(cache_dir)} was built for something else:\n  " + "\n  ".join(problems)
             + "\nPass --rebuild_cache to rebuild it, or --cache_dir to use another location"
         )
-    log.warning("rebuilding the latent cache in %s (%s)", cache_dir, "; ".join(problems))
+    log.warning("rebuilding the latent cache in %s (%s)", redact(cache_dir), "; ".join(problems))
+    # Only the cache's own names: a --cache_dir that also holds other files keeps them.
     storage.delete_dir(storage.join(cache_dir, cache_lib.SHARDS))
     for name in (cache_lib.MANIFEST, cache_lib.EMPTY_PROMPT):
-        path = storage.join(cache_dir, name)
-        if storage.is_file(path):
-            fs, inner = storage.filesystem(path)
-            fs.delete_file(inner)
+        storage.delete_file(storage.join(cache_dir, name))
     headers.clear()
 
 
@@ -290,19 +288,27 @@ def _encoded_batches(config: Config, rows: list[dict[str, Any]], cache_dir: str,
     except Exception as error:
         if is_disk_full(error):
             raise StorageFullError(
-                f"no space left while writing the latent cache to {cache_dir}. Free space there or pass --cache_dir "
+                f"no space left while writing the latent cache to {redact(cache_dir)}. Free space there or pass --cache_dir "
                 "on a larger volume, then rerun: complete shards are kept and only the rest is encoded (no manifest "
                 "was written, so nothing reads the incomplete cache)") from None
         raise
 
 
 def preprocess(config: Config) -> cache_lib.Manifest:
-    """Build (or complete) the latent cache for ``config`` and return its manifest."""
+    """Build (or complete) the latent cache for ``config`` and return its manifest.
+
+    Holds the cache's lock meanwhile: a second preprocessing of the same cache stops with an error naming this one.
+    """
+    config = config.resolved()
+    with locks.exclusive(config.cache_dir, "cache", CacheError):
+        return _preprocess(config)
+
+
+def _preprocess(config: Config) -> cache_lib.Manifest:
     from ray_ltx.cluster import init_ray
     from ray_ltx.model.family import family_for
 
     started = time.monotonic()
-    config = config.resolved()
     cache_dir = config.cache_dir
     records, listing_skips, layout = read_records(config)
     family = family_for(config)
@@ -317,7 +323,7 @@ def preprocess(config: Config) -> cache_lib.Manifest:
     todo = [r for r in records if r.sample_id not in done]
     need_empty = not storage.is_file(storage.join(cache_dir, cache_lib.EMPTY_PROMPT))
     log.info("preprocess: %d clips listed (%s layout) in %s; %d already cached, %d to encode; cache: %s",
-             len(records), layout, dataset_name(config), len(done), len(todo), cache_dir)
+             len(records), layout, redact(dataset_name(config)), len(done), len(todo), redact(cache_dir))
 
     skipped = [s.to_row() for s in listing_skips]
     encoded = 0
@@ -385,14 +391,14 @@ def _nothing_survived(config: Config, manifest: cache_lib.Manifest) -> str:
     examples = "\n  ".join(s["detail"] for s in manifest.skipped[:5])
     buckets = " ".join(manifest.buckets)
     return (
-        f"no usable sample in {dataset_name(config)}: every input was skipped ({reasons}).\n  {examples}\n"
+        f"no usable sample in {redact(dataset_name(config))}: every input was skipped ({reasons}).\n  {examples}\n"
         f"Buckets: {buckets}. Check the paths and captions, or add buckets the clips can fill "
         "(a clip needs at least a bucket's frame count)."
     )
 
 
 def format_summary(manifest: cache_lib.Manifest, cache_dir: str) -> str:
-    lines = [f"Latent cache: {cache_dir}", f"  samples: {manifest.num_samples} "
+    lines = [f"Latent cache: {redact(cache_dir)}", f"  samples: {manifest.num_samples} "
              f"(encoded now: {manifest.stats.get('encoded', 0)}, reused: {manifest.stats.get('reused', 0)})"]
     lines.append("  per bucket: " + ", ".join(f"{b}: {n}" for b, n in manifest.counts_per_bucket().items()))
     if manifest.skipped:
@@ -426,7 +432,7 @@ def ensure_cache(config: Config) -> cache_lib.LatentCache:
         problems.append(f"buckets: cache has {latent_cache.manifest.buckets}, config wants {sorted(wanted)}")
     if problems:
         raise CacheError(
-            f"the latent cache in {cache_dir} was built for something else:\n  " + "\n  ".join(problems)
+            f"the latent cache in {redact(cache_dir)} was built for something else:\n  " + "\n  ".join(problems)
             + "\nPass --data_root (with --rebuild_cache) to rebuild it, or --cache_dir to use another cache"
         )
     return latent_cache

@@ -37,6 +37,7 @@ Version = Literal["0.9.0", "0.9.1", "0.9.5", "0.9.7-13b"]
 VERSIONS: tuple[str, ...] = ("0.9.0", "0.9.1", "0.9.5", "0.9.7-13b")
 Family = Literal["ltx_video", "ltx2"]
 LTX2_VERSIONS: tuple[str, ...] = ("2.0",)
+WRITTEN_MARKER = ".ray-ltx-tiny-model"  # tells a directory written here (and replaceable) from anything else
 
 # Rows of the tiny text encoder's embedding: room for every piece of `build_tokenizer`, as T5-XXL has 32128
 # rows for its 32100 pieces.
@@ -386,17 +387,18 @@ def build_gemma_tokenizer():
 
 def write_pipeline(
     out_dir: str | Path, size: Size = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32,
-    version: str | None = None, family: Family = "ltx_video",
+    version: str | None = None, family: Family = "ltx_video", overwrite: bool = False,
 ) -> Path:
     """Write a diffusers pipeline directory that loads like the real one of ``family`` and ``version``.
 
     LTX-Video versions are :data:`VERSIONS` (default 0.9.0; 0.9.7-13b is written as an ``LTXConditionPipeline``, as
     Lightricks ships it); LTX-2 (``family="ltx2"``) is an ``LTX2Pipeline`` of :data:`LTX2_VERSIONS`. The directory is
-    built beside `out_dir` and renamed into place, so a crash never leaves a half-written model; an existing `out_dir`
-    is replaced.
+    built beside `out_dir` and renamed into place, so a crash never leaves a half-written model. An existing `out_dir`
+    is replaced only if it is empty or a model written here before, or with `overwrite`.
     """
     from diffusers import LTXConditionPipeline
 
+    _check_replaceable(Path(out_dir).absolute(), overwrite)
     if family == "ltx2":
         return _save_atomically(build_ltx2_pipeline(size, seed, dtype, version or "2.0"), out_dir)
     if family != "ltx_video":
@@ -419,6 +421,7 @@ def _save_atomically(pipeline, out_dir: str | Path) -> Path:
     staging = out_dir.with_name(f".{out_dir.name}.partial-{uuid.uuid4().hex}")
     try:
         pipeline.save_pretrained(staging)
+        (staging / WRITTEN_MARKER).write_text("a random-weight LTX-Video pipeline written by ray-ltx make-tiny-model\n")
         if out_dir.exists():
             retired = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex}")
             out_dir.rename(retired)
@@ -469,6 +472,20 @@ def _check(size: str, version: str) -> None:
     _is_tiny(size)
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+
+
+def _check_replaceable(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace a directory holding anything else than a model written here (a real model, data)."""
+    from ray_ltx import storage
+    from ray_ltx.errors import OutputDirError
+
+    if not out_dir.exists():
+        return
+    storage.check_deletable(str(out_dir))
+    if overwrite or (out_dir / WRITTEN_MARKER).is_file() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return
+    raise OutputDirError(f"--out {out_dir} already holds files that make-tiny-model did not write; pass --overwrite "
+                         "to replace it (everything in it is deleted), or choose another --out")
 
 
 def _is_tiny(size: str) -> bool:

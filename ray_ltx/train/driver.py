@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ray_ltx import storage
+import yaml
+
+from ray_ltx import locks, storage
 from ray_ltx.config import Config
 from ray_ltx.errors import (
     CheckpointError,
@@ -29,6 +31,7 @@ from ray_ltx.errors import (
     UserError,
     is_disk_full,
 )
+from ray_ltx.redaction import Secret, redact, redacted_config
 from ray_ltx.train import checkpoint as ckpt
 from ray_ltx.train import faults
 
@@ -36,6 +39,10 @@ log = logging.getLogger(__name__)
 
 TRAINING_CONFIG = "training_config.json"
 RESOLVED_CONFIG = "config.yaml"
+# What a run writes to output_dir; --overwrite_output_dir removes these and nothing else (the cache stays).
+RUN_OUTPUTS = (TRAINING_CONFIG, RESOLVED_CONFIG, "pytorch_lora_weights.safetensors", "transformer", "memory.md",
+               "memory.json", "validation")
+END_OF_RUN_WAIT_S = 60.0  # how long the end of a run waits for an MLflow server that does not answer
 
 
 @dataclass
@@ -69,10 +76,10 @@ def _prepare_output_dir(config: Config, run_dir: str) -> None:
     if config.training.resume_from_checkpoint:
         return
     if config.training.overwrite_output_dir:
-        log.warning("--overwrite_output_dir: removing the previous run in %s (the latent cache is kept)", output)
-        storage.delete_dir(run_dir)
-        for name in (TRAINING_CONFIG, RESOLVED_CONFIG, "pytorch_lora_weights.safetensors", "transformer",
-                     "memory.md", "memory.json"):
+        log.warning("--overwrite_output_dir: removing the previous run in %s (the latent cache is kept)",
+                    redact(output))
+        storage.delete_dir(run_dir)  # <storage_path>/<run_name>: Ray Train's directory of this run
+        for name in RUN_OUTPUTS:
             path = storage.join(output, name)
             if storage.is_dir(path):
                 storage.delete_dir(path)
@@ -80,7 +87,7 @@ def _prepare_output_dir(config: Config, run_dir: str) -> None:
                 storage.delete_file(path)
         return
     raise OutputDirError(
-        f"--output_dir {output} holds another training run (checkpoints in {run_dir}). Pass "
+        f"--output_dir {redact(output)} holds another training run (checkpoints in {redact(run_dir)}). Pass "
         "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it, or another --output_dir"
     )
 
@@ -194,15 +201,30 @@ def _cluster_has_gpus() -> bool:
 
 
 def _copy_export(checkpoint_path: str, output_dir: str) -> None:
+    """The final weights into output_dir: a folder (``transformer/``) is swapped in whole, a file atomically,
+    so a crash mid-copy leaves the previous weights or none, never a half-copied model."""
     source = storage.join(checkpoint_path, ckpt.EXPORT_DIR)
     if not storage.is_dir(source):
-        raise CheckpointError(f"the final checkpoint {checkpoint_path} holds no exported weights")
-    storage.copy_dir(source, output_dir)
+        raise CheckpointError(f"the final checkpoint {redact(checkpoint_path)} holds no exported weights")
+    for name in storage.list_dirs(source):
+        storage.replace_dir(storage.join(source, name), storage.join(output_dir, name))
+    for path in storage.list_files(source, recursive=False):
+        storage.write_bytes(storage.join(output_dir, path.rsplit("/", 1)[-1]), storage.read_bytes(path))
 
 
 def train(config: Config, *, callbacks: list | None = None, parent_run_id: str | None = None,
           run_name: str | None = None, quiet: bool = False) -> TrainResult:
-    """Train as configured; returns where everything went. Raises UserError subclasses for the user's mistakes."""
+    """Train as configured; returns where everything went. Raises UserError subclasses for the user's mistakes.
+
+    The run holds output_dir's lock throughout: a second run there stops with an error naming this one.
+    """
+    config = config.resolved()
+    with locks.exclusive(config.output_dir, "output", OutputDirError):
+        return _train(config, callbacks=callbacks, parent_run_id=parent_run_id, run_name=run_name, quiet=quiet)
+
+
+def _train(config: Config, *, callbacks: list | None, parent_run_id: str | None, run_name: str | None,
+           quiet: bool) -> TrainResult:
     from ray_ltx import tracking
     from ray_ltx.cluster import cluster_shape, init_ray
     from ray_ltx.data.cache import LatentCache
@@ -210,7 +232,6 @@ def train(config: Config, *, callbacks: list | None = None, parent_run_id: str |
     from ray_ltx.train.data import build_plan, holdout_batches, plan_shape, split_holdout, training_dataset
 
     started = time.monotonic()
-    config = config.resolved()
     output_dir = config.output_dir
     run_dir = storage_dir(config)
     _prepare_output_dir(config, run_dir)
@@ -245,7 +266,8 @@ def train(config: Config, *, callbacks: list | None = None, parent_run_id: str |
         if not per_bucket:
             raise UserError(f"the latent cache {cache.cache_dir} has no training sample in buckets {buckets}")
         shape = plan_shape(per_bucket, config.training.batch_size, config.training.gradient_accumulation_steps, world)
-        storage.write_text(storage.join(output_dir, RESOLVED_CONFIG), config.to_yaml())
+        storage.write_text(storage.join(output_dir, RESOLVED_CONFIG),
+                           yaml.safe_dump(redacted_config(config), sort_keys=False))
         result = _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_dir, run_id, uri,
                       callbacks, build_plan, holdout_batches, training_dataset)
         steps, final_loss, checkpoint_path, trainable, memory = result
@@ -253,15 +275,14 @@ def train(config: Config, *, callbacks: list | None = None, parent_run_id: str |
         block = training_config_block(config, trainable, shape.samples, shape, world)
         storage.write_text(storage.join(output_dir, TRAINING_CONFIG), json.dumps(block, indent=4))
         if uri and run_id:
-            _log_outputs(config, uri, run_id, output_dir, cache, memory)
-            tracking.end_run(uri, run_id, "FINISHED")
+            _finish_tracking(config, uri, run_id, output_dir, cache, memory)
     except (_Stopped, KeyboardInterrupt) as error:
         if uri and run_id:
-            tracking.end_run(uri, run_id, "KILLED", error=f"stopped: {error or 'interrupted'}")
+            _end_run_quietly(uri, run_id, "KILLED", f"stopped: {error or 'interrupted'}")
         raise
     except BaseException as error:
         if uri and run_id:
-            tracking.end_run(uri, run_id, "FAILED", error=_describe_failure(error))
+            _end_run_quietly(uri, run_id, "FAILED", _describe_failure(error))
         user_error = _as_user_error(error)
         if user_error is error:
             raise
@@ -316,15 +337,19 @@ def _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_di
                       training.seed, start_step, training.train_steps)
     log.info("training %d steps (from step %d) on %d samples in %d bucket(s): %d micro-batches per epoch, %d workers",
              training.train_steps, start_step, shape.samples, len(per_bucket), shape.micro_batches_per_epoch, world)
+    config_dict = config.to_dict()
+    # Ray keeps the train loop config in its Train run state (the dashboard shows it): the workers get the
+    # tracking URI as a Secret, which prints redacted, and need no copy of it in the config.
+    config_dict["tracking"]["mlflow_tracking_uri"] = redact(config_dict["tracking"]["mlflow_tracking_uri"] or "") or None
     loop_config = {
-        "config": config.to_dict(),
+        "config": config_dict,
         "cache_dir": cache.cache_dir,
         "latent_spec": cache.manifest.latent_spec,
         "plan_start_step": start_step,
         "resume_path": resume_path,
         "heldout_batches": holdout_batches(cache, held) if held else [],
         "mlflow_run_id": run_id,
-        "tracking_uri": uri,
+        "tracking_uri": Secret(uri) if uri else None,
         "system_metrics": config.tracking.log_system_metrics,
         "fault_dir": run_dir if not storage.is_uri(run_dir) else "/tmp/ray-ltx-faults",
         "storage_dir": run_dir,
@@ -430,6 +455,45 @@ def _as_user_error(error: BaseException) -> BaseException:
     return cause if isinstance(cause, UserError) else error
 
 
+def _finish_tracking(config: Config, uri: str, run_id: str, output_dir: str, cache,
+                     memory: list[dict[str, Any]]) -> None:
+    """Log the outputs and end the run FINISHED, best effort: the weights are in output_dir already, so an
+    MLflow outage now costs the run's record, not the run (which still exits 0)."""
+    from ray_ltx import tracking
+
+    problem = None if tracking.available(uri, END_OF_RUN_WAIT_S) else "it does not answer, or refuses the credentials"
+    if problem is None:
+        try:
+            _log_outputs(config, uri, run_id, output_dir, cache, memory)
+            tracking.end_run(uri, run_id, "FINISHED")
+            return
+        except Exception as error:
+            problem = f"{type(error).__name__}: {redact(str(error))[:300]}"
+    lora = config.training.training_type == "lora"
+    weights = storage.join(output_dir, "pytorch_lora_weights.safetensors" if lora else "transformer")
+    shown = redact(uri)
+    log.warning(
+        "MLflow at %s could not record the end of run %s (%s). The weights are safe at %s. Once the server is "
+        "back, log them and end the run with:\n  MLFLOW_TRACKING_URI=%s mlflow artifacts %s %s -r %s -a %s\n"
+        "  python -c \"from mlflow import MlflowClient; MlflowClient('%s').set_terminated('%s')\"",
+        shown, run_id, problem, weights, shown, "log-artifact --local-file" if lora else "log-artifacts --local-dir",
+        weights, run_id, "weights" if lora else "weights/transformer", shown, run_id)
+
+
+def _end_run_quietly(uri: str, run_id: str, status: str, error: str, wait_s: float = 10.0) -> None:
+    """End a failed or stopped run; MLflow being down too must not hide the run's own error."""
+    from ray_ltx import tracking
+
+    try:
+        if tracking.available(uri, wait_s):
+            tracking.end_run(uri, run_id, status, error=error)
+            return
+    except Exception as tracking_error:
+        log.debug("ending run %s: %s", run_id, tracking_error)
+    log.warning("MLflow at %s did not answer: run %s could not be marked %s and stays RUNNING",
+                redact(uri), run_id, status)
+
+
 def _log_outputs(config: Config, uri: str, run_id: str, output_dir: str, cache, memory: list[dict[str, Any]]) -> None:
     from ray_ltx import tracking
 
@@ -445,21 +509,22 @@ def _log_outputs(config: Config, uri: str, run_id: str, output_dir: str, cache, 
 
 
 def format_summary(config: Config, result: TrainResult) -> str:
+    output_dir = redact(result.output_dir)
     lines = [
         "",
         "=" * 72,
         f"ray-ltx train: {config.training.training_type}, {result.steps} steps in {result.seconds:.0f} s, "
         f"final loss {result.final_loss:.4f}" if result.final_loss is not None else
         f"ray-ltx train: {config.training.training_type}, {result.steps} steps",
-        f"  outputs:     {result.output_dir}",
+        f"  outputs:     {output_dir}",
     ]
     if config.training.training_type == "lora":
-        lines.append(f"               pytorch_lora_weights.safetensors (pipe.load_lora_weights('{result.output_dir}')), "
+        lines.append(f"               pytorch_lora_weights.safetensors (pipe.load_lora_weights('{output_dir}')), "
                      "comfyui_lora_weights.safetensors")
         lines.append("               each checkpoint's LoRA: <checkpoint>/lora, or `ray-ltx export OUTPUT_DIR --step N`")
     else:
-        lines.append(f"               transformer/ (a diffusers folder: from_pretrained('{result.output_dir}/transformer'))")
-    lines.append(f"  checkpoint:  {result.checkpoint}")
+        lines.append(f"               transformer/ (a diffusers folder: from_pretrained('{output_dir}/transformer'))")
+    lines.append(f"  checkpoint:  {redact(result.checkpoint or '')}")
     if result.mlflow_run_id:
         from ray_ltx import tracking
 
