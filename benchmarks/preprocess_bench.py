@@ -69,7 +69,8 @@ def write_pipeline_dir(model_dir: Path, size: str) -> float:
 
 
 def _one_clip(args: tuple[str, int, int, int, int]) -> str:
-    from ray_ltx.data.samples import moving_shape_frames, write_video
+    from ray_ltx.data.samples import moving_shape_frames
+    from ray_ltx.media import write_video
 
     path, i, frames, height, width = args
     colour = COLOURS[i % len(COLOURS)][1]

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from ray_ltx.data.buckets import FRAME_MULTIPLE, SIDE_MULTIPLE, Bucket
+from ray_ltx.buckets import FRAME_MULTIPLE, SIDE_MULTIPLE, Bucket
 from ray_ltx.errors import ConfigError
 from ray_ltx.storage import join
 

@@ -76,8 +76,8 @@ def render(pipe, family, prompt: str, *, negative_prompt: str = "", num_frames: 
            width: int = 768, steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
            image: str | None = None, show: bool = True):
     """Frames (F, H, W, 3) float in [0, 1]; the same seed gives the same frames."""
+    from ray_ltx.media import load_image
     from ray_ltx.progress import Progress
-    from ray_ltx.train.validation import load_image
 
     defaults = family.inference_defaults()
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -100,20 +100,6 @@ def render(pipe, family, prompt: str, *, negative_prompt: str = "", num_frames: 
     return frames
 
 
-def write_mp4(frames, path: str | Path, fps: int) -> Path:
-    """H.264 mp4 through PyAV (what ``diffusers.utils.export_to_video`` does, without OpenCV/imageio)."""
-    import numpy as np
-
-    from ray_ltx.data.samples import write_video
-
-    frames = np.asarray(frames)
-    if frames.dtype != np.uint8:
-        frames = (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_video(path, frames, fps=fps)
-
-
 LOAD_OPTIONS = ("model", "lora", "lora_scale", "dtype", "base_model", "model_name", "variant")
 RENDER_OPTIONS = ("negative_prompt", "num_frames", "height", "width", "steps", "guidance_scale", "image")
 
@@ -130,6 +116,8 @@ def generate_video(*, model: str, prompt: str, out: str, seed: int = 0, fps: int
         raise TypeError(f"generate_video got unknown options {sorted(unknown)}")
     pipe, family = _load({"model": model, **options})
     frames = render(pipe, family, prompt, seed=seed, **{k: options[k] for k in RENDER_OPTIONS if k in options})
+    from ray_ltx.media import write_mp4
+
     return write_mp4(frames, out, fps)
 
 
@@ -146,6 +134,8 @@ class _Renderer:
         for index, prompt in zip(batch["index"], batch["prompt"], strict=True):
             frames = render(self.pipe, self.family, str(prompt), seed=o["seed"] + int(index), show=False,
                             **{k: o[k] for k in RENDER_OPTIONS if k in o})
+            from ray_ltx.media import write_mp4
+
             paths.append(str(write_mp4(frames, Path(o["out"]) / f"{int(index):04d}.mp4", o["fps"])))
         return {"index": batch["index"], "prompt": batch["prompt"], "path": paths}
 

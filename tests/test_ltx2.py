@@ -20,8 +20,9 @@ from PIL import Image
 from conftest import base_config
 from ray_ltx.config import build_config
 from ray_ltx.data.audio import AudioError, decode_audio, log_mel_spectrogram
-from ray_ltx.data.samples import moving_shape_frames, tone, write_sample_dataset, write_video
+from ray_ltx.data.samples import moving_shape_frames, tone, write_sample_dataset
 from ray_ltx.errors import ConfigError, DatasetError
+from ray_ltx.media import write_video
 from ray_ltx.model.family import Batch, family_for
 from ray_ltx.model.flow import flow_matching_loss
 from ray_ltx.model.lora import add_lora, export_comfyui, save_diffusers_lora

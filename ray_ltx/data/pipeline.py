@@ -22,15 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from ray_ltx import locks, storage
+from ray_ltx import faults, locks, storage
+from ray_ltx.buckets import Bucket, assign_bucket
 from ray_ltx.config import Config
 from ray_ltx.data import cache as cache_lib
-from ray_ltx.data.buckets import Bucket, assign_bucket
 from ray_ltx.data.encode import OK, PROMPT_ONLY, PromptEncoder, VaeEncoder
 from ray_ltx.data.sources import Record, Skip, dataset_given, dataset_name, read_records
 from ray_ltx.errors import CacheError, DatasetError, StorageFullError, is_disk_full
 from ray_ltx.redaction import redact
-from ray_ltx.train import faults
 
 log = logging.getLogger(__name__)
 

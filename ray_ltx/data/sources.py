@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ray_ltx import storage
+from ray_ltx.buckets import Bucket
 from ray_ltx.config import Config, DataConfig
-from ray_ltx.data.buckets import Bucket
 from ray_ltx.errors import ConfigError, DatasetError
 from ray_ltx.redaction import redact
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ray_ltx.errors import ConfigError
+from ray_ltx.model.lora import DIFFUSERS_WEIGHTS
 
 if TYPE_CHECKING:
     from ray_ltx.config import Config
@@ -278,7 +279,7 @@ class ModelFamily(ABC):
         from safetensors import safe_open
 
         path = Path(lora)
-        weights = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
+        weights = path / DIFFUSERS_WEIGHTS if path.is_dir() else path
         with safe_open(str(weights), framework="pt") as handle:
             metadata = handle.metadata() or {}
         trained_for = metadata.get(LORA_FAMILY_KEY)

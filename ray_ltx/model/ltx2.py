@@ -44,6 +44,7 @@ from ray_ltx.model.family import (
     VideoEncoder,
     register,
 )
+from ray_ltx.model.lora import DIFFUSERS_WEIGHTS
 from ray_ltx.model.ltx_video import LTXVideoEncoder, _digest, auto_dtype, pack_latents, unpack_latents
 
 log = logging.getLogger(__name__)
@@ -387,7 +388,7 @@ class LTX2Family(ModelFamily):
 
         LTX2Pipeline.save_lora_weights(str(directory), transformer_lora_layers=layers,
                                        transformer_lora_adapter_metadata=adapter_metadata, safe_serialization=True)
-        return Path(directory) / "pytorch_lora_weights.safetensors"
+        return Path(directory) / DIFFUSERS_WEIGHTS
 
     # -- inference ------------------------------------------------------------------------------
 

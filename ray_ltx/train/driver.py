@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from ray_ltx import locks, storage
+from ray_ltx import faults, locks, storage
 from ray_ltx.config import Config
 from ray_ltx.errors import (
     CheckpointError,
@@ -31,17 +31,18 @@ from ray_ltx.errors import (
     UserError,
     is_disk_full,
 )
+from ray_ltx.model.lora import COMFYUI_WEIGHTS, DIFFUSERS_WEIGHTS
 from ray_ltx.redaction import Secret, redact, redacted_config
 from ray_ltx.train import checkpoint as ckpt
-from ray_ltx.train import faults
+from ray_ltx.train.memory import MEMORY_JSON, MEMORY_MD
 
 log = logging.getLogger(__name__)
 
 TRAINING_CONFIG = "training_config.json"
 RESOLVED_CONFIG = "config.yaml"
 # What a run writes to output_dir; --overwrite_output_dir removes these and nothing else (the cache stays).
-RUN_OUTPUTS = (TRAINING_CONFIG, RESOLVED_CONFIG, "pytorch_lora_weights.safetensors", "transformer", "memory.md",
-               "memory.json", "validation")
+RUN_OUTPUTS = (TRAINING_CONFIG, RESOLVED_CONFIG, DIFFUSERS_WEIGHTS, COMFYUI_WEIGHTS, "transformer", MEMORY_MD,
+               MEMORY_JSON, "validation")
 END_OF_RUN_WAIT_S = 60.0  # how long the end of a run waits for an MLflow server that does not answer
 
 
@@ -470,7 +471,7 @@ def _finish_tracking(config: Config, uri: str, run_id: str, output_dir: str, cac
         except Exception as error:
             problem = f"{type(error).__name__}: {redact(str(error))[:300]}"
     lora = config.training.training_type == "lora"
-    weights = storage.join(output_dir, "pytorch_lora_weights.safetensors" if lora else "transformer")
+    weights = storage.join(output_dir, DIFFUSERS_WEIGHTS if lora else "transformer")
     shown = redact(uri)
     log.warning(
         "MLflow at %s could not record the end of run %s (%s). The weights are safe at %s. Once the server is "
@@ -498,10 +499,10 @@ def _log_outputs(config: Config, uri: str, run_id: str, output_dir: str, cache, 
     from ray_ltx import tracking
 
     local = Path(output_dir)
-    weights = {"weights": local / "pytorch_lora_weights.safetensors"} if config.training.training_type == "lora" \
+    weights = {"weights": local / DIFFUSERS_WEIGHTS} if config.training.training_type == "lora" \
         else {"weights/transformer": local / "transformer"}
     tracking.log_artifacts(uri, run_id, {"": local / RESOLVED_CONFIG, "config": local / TRAINING_CONFIG, **weights,
-                                         "memory": local / "memory.md"})
+                                         "memory": local / MEMORY_MD})
     if memory:
         tracking.log_table(uri, run_id, memory, "memory/memory_report.json")
     summary = cache.manifest.summary()
@@ -519,8 +520,7 @@ def format_summary(config: Config, result: TrainResult) -> str:
         f"  outputs:     {output_dir}",
     ]
     if config.training.training_type == "lora":
-        lines.append(f"               pytorch_lora_weights.safetensors (pipe.load_lora_weights('{output_dir}')), "
-                     "comfyui_lora_weights.safetensors")
+        lines.append(f"               {DIFFUSERS_WEIGHTS} (pipe.load_lora_weights('{output_dir}')), {COMFYUI_WEIGHTS}")
         lines.append("               each checkpoint's LoRA: <checkpoint>/lora, or `ray-ltx export OUTPUT_DIR --step N`")
     else:
         lines.append(f"               transformer/ (a diffusers folder: from_pretrained('{output_dir}/transformer'))")

@@ -24,17 +24,18 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from ray_ltx import storage
+from ray_ltx import faults, storage
 from ray_ltx.config import Config
 from ray_ltx.data.cache import read_empty_prompt
 from ray_ltx.errors import OutOfMemoryError, TrainingDivergedError, UserError
+from ray_ltx.logs import setup_logging
 from ray_ltx.model.family import LatentSpec, ModelFamily, family_for, torch_dtype
 from ray_ltx.model.flow import drop_captions, flow_matching_loss, heldout_loss
 from ray_ltx.train import checkpoint as ckpt
-from ray_ltx.train import faults, validation
+from ray_ltx.train import validation
 from ray_ltx.train.data import micro_batch_from_row
 from ray_ltx.train.engine import build_engine
-from ray_ltx.train.memory import MemoryReport
+from ray_ltx.train.memory import MEMORY_JSON, MEMORY_MD, MemoryReport
 
 log = logging.getLogger("ray_ltx.train")
 
@@ -243,7 +244,7 @@ def _train(loop_config: dict[str, Any]) -> dict[str, Any]:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     training, diffusion = config.training, config.diffusion
     compute = torch_dtype(config.model.transformer_dtype)
     fault_dir, fault_spec = loop_config["fault_dir"], loop_config.get("fault")
@@ -471,5 +472,5 @@ def _export(weights: dict[str, torch.Tensor] | None, config: Config, family: Mod
         if unexpected:
             raise RuntimeError(f"unexpected weights in the finetuned state: {unexpected[:3]}")
         transformer.save_pretrained(directory / "transformer", safe_serialization=True)
-    (directory / "memory.md").write_text(memory.to_markdown() + "\n")
-    (directory / "memory.json").write_text(memory.to_json())
+    (directory / MEMORY_MD).write_text(memory.to_markdown() + "\n")
+    (directory / MEMORY_JSON).write_text(memory.to_json())
