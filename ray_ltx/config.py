@@ -179,7 +179,8 @@ class TrainingConfig(_Section):
     checkpointing_limit: int | None = Field(default=None, gt=0)
     """Keep at most N checkpoints (oldest removed); default keeps all."""
     resume_from_checkpoint: str | None = None
-    """'latest' (the newest checkpoint of this output_dir) or a checkpoint directory to resume from."""
+    """'latest' (the newest checkpoint of this output_dir, continuing its MLflow or W&B run) or a checkpoint
+    directory to resume from (in a new run)."""
     overwrite_output_dir: bool = False
     """Allow starting a new run in an output_dir that holds another run (its outputs are replaced)."""
     enable_slicing: bool = False

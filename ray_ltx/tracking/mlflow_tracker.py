@@ -254,8 +254,12 @@ class MlflowTracker(Tracker):
     def attach(cls, handle: dict[str, Any]) -> MlflowTracker:
         tracker = cls(handle["uri"], handle["run_id"], system_metrics=handle["system_metrics"])
         # A restarted rank 0 replays the steps since the last checkpoint: steps already logged are not logged again.
-        metrics = tracker._client.get_run(tracker.run_id).data.to_proto().metrics
-        tracker._logged_through = {metric.key: metric.step for metric in metrics}
+        try:
+            metrics = tracker._client.get_run(tracker.run_id).data.to_proto().metrics
+            tracker._logged_through = {metric.key: metric.step for metric in metrics}
+        except Exception as error:  # the server away: training goes on, a replayed step may be logged twice
+            log.warning("MLflow unreachable (%s): steps replayed after a restart may be logged twice",
+                        type(error).__name__)
         if tracker.system_metrics:
             tracker._start_system_metrics()
         return tracker
