@@ -112,6 +112,8 @@ def _exercise(config, clip: Path, weights: Path) -> tuple[str, str | None]:
             rank0.log_video(step, "validation/prompt_00", clip, f"{PROMPT}\n9x64x96")
     rank0.close()
     registered = driver.log_model(weights, "weights", config.tracking.register_model)
+    driver.log_table([{"trial_id": "a1", "val_loss": 0.5}, {"trial_id": "b2"}], "sweep/trials.json")
+    driver.set_tags({"best_trial_id": "a1"})
     driver.end("FAILED", error="RuntimeError: boom")
     return driver.run_id, registered
 
@@ -130,7 +132,8 @@ def test_mlflow_tracker_records_the_run_lifecycle_previews_and_a_registered_mode
     assert run.data.params["training.rank"] == "8" and run.data.params["cluster.workers"] == "1"
     assert _steps(client, run_id) == [1, 2, 3]
     assert {"validation/step_000002/prompt_00.mp4", "validation/step_000002/prompt_00.txt",
-            "weights/pytorch_lora_weights.safetensors"} <= _artifacts(client, run_id)
+            "weights/pytorch_lora_weights.safetensors", "sweep/trials.json"} <= _artifacts(client, run_id)
+    assert run.data.tags["best_trial_id"] == "a1"
     preview = Image.open(client.download_artifacts(run_id, _images(client, run_id)[("validation/prompt_00", 2)]))
     assert preview.size == (8 * 96, 64)  # eight frames of the video side by side
     assert registered == "models:/interface-lora/1"
@@ -184,6 +187,13 @@ def test_wandb_tracker_records_the_run_offline(tmp_path: Path, clip: Path, wandb
     assert [e["exit_code"] for e in _of(records, "exit")][-1] == 1
     summary = _summary(records)
     assert summary["run_status"] == "FAILED" and summary["error"] == "RuntimeError: boom"
+    assert summary["best_trial_id"] == "a1"
+    table = next(r["folder"] for r in _of(records, "files") if any(f["path"] == "sweep/trials.json" for f in r["files"]))
+    assert json.loads((table / "files" / "sweep" / "trials.json").read_text())["val_loss"] == [0.5, None]
+
+    tracking.resume(config, run_id, {"training.train_steps": "8"})  # a resumed training reopens the run
+    summary = _summary(wandb_records(wandb_offline, run_id))
+    assert summary["run_status"] == "RUNNING" and "error" not in summary
 
 
 # -- training runs (slow) ---------------------------------------------------------------------------
@@ -288,6 +298,18 @@ def test_unreachable_server_is_a_clear_error_before_training(make_config, tmp_pa
     with pytest.raises(TrackingError, match="unreachable"):
         train(config)
     assert not (tmp_path / "out" / "ray").exists()
+
+
+def test_wandb_without_a_login_is_a_clear_error_before_training(tmp_path: Path, monkeypatch) -> None:
+    import wandb
+
+    wandb.teardown()  # W&B keeps the settings of this process's earlier (offline) runs until then
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc login either
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    with pytest.raises(TrackingError, match=r"No API key configured.*WANDB_MODE=offline"):
+        tracking.check(_config(tmp_path, report_to="wandb"))
 
 
 def test_register_model_takes_a_name_models_uris_can_hold() -> None:

@@ -197,7 +197,7 @@ class MlflowTracker(Tracker):
     @classmethod
     def start(cls, config: Config, *, run_name: str, parent_run_id: str | None, params: dict[str, str],
               tags: dict[str, str]) -> MlflowTracker:
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
         from mlflow.exceptions import MlflowException
 
         uri = config.tracking_uri
@@ -208,13 +208,10 @@ class MlflowTracker(Tracker):
             all_tags = {"mlflow.runName": run_name, "mlflow.source.name": "ray-ltx", **tags}
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
-            run = mlflow_client.create_run(experiment_id, run_name=run_name,
-                                           tags={k: v for k, v in all_tags.items() if k != "ray_ltx.output_dir"})
+            run = mlflow_client.create_run(experiment_id, run_name=run_name, tags=all_tags)
             items = [Param(k, v) for k, v in sorted(params.items())]
             for start in range(0, len(items), 100):
                 mlflow_client.log_batch(run.info.run_id, params=items[start : start + 100])
-            if "ray_ltx.output_dir" in tags:
-                mlflow_client.log_batch(run.info.run_id, tags=[RunTag("ray_ltx.output_dir", tags["ray_ltx.output_dir"])])
         except MlflowException as error:
             raise _refused(uri, "create the run", error) from None
         return cls(uri, run.info.run_id, system_metrics=config.tracking.log_system_metrics)

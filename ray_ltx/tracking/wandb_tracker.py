@@ -75,7 +75,14 @@ class WandbTracker(Tracker):
 
     @classmethod
     def check(cls, config: Config) -> None:
-        _import_wandb()
+        wandb = _import_wandb()
+        if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
+            return
+        try:
+            wandb.login(verify=False, relogin=False)  # reads the key from WANDB_API_KEY or ~/.netrc, no request
+        except Exception as error:
+            raise TrackingError(f"--report_to wandb: {error} Log in with `wandb login` or set WANDB_API_KEY (on every "
+                                "node), or set WANDB_MODE=offline and `wandb sync` the runs later") from None
 
     @classmethod
     def _settings(cls, config: Config, run_name: str | None = None, group: str | None = None,
@@ -107,6 +114,7 @@ class WandbTracker(Tracker):
         run = tracker._writer()
         run.config.update(params, allow_val_change=True)
         tracker.set_tags({"run_status": "RUNNING"})
+        tracker.delete_tag("error")
         tracker._close_writer()
         return tracker
 
@@ -136,9 +144,7 @@ class WandbTracker(Tracker):
             run.summary[key] = str(value)
 
     def delete_tag(self, key: str) -> None:
-        run = self._writer()
-        if key in run.summary:
-            del run.summary[key]
+        del self._writer().summary[key]
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         """W&B buffers and retries in its own process; a step replayed after a restart is not logged again (W&B

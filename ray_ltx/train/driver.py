@@ -32,6 +32,7 @@ from ray_ltx.errors import (
     is_disk_full,
 )
 from ray_ltx.redaction import redact, redacted_config
+from ray_ltx.tracking import Tracker
 from ray_ltx.train import checkpoint as ckpt
 from ray_ltx.train import faults
 
@@ -305,7 +306,7 @@ def _train(config: Config, *, callbacks: list | None, parent_run_id: str | None,
 
 
 def _open_tracker(config: Config, run_dir: str, run_name: str | None, parent_run_id: str | None,
-                  extra_params: dict[str, Any]):
+                  extra_params: dict[str, Any]) -> Tracker:
     """The tracking run: with ``--resume_from_checkpoint latest``, the one this training recorded in its storage
     folder (one run and one loss curve however often it is resumed); otherwise a new one, recorded there."""
     from ray_ltx import tracking
@@ -478,7 +479,7 @@ def _as_user_error(error: BaseException) -> BaseException:
     return cause if isinstance(cause, UserError) else error
 
 
-def _finish_tracking(config: Config, tracker, output_dir: str, cache, memory: list[dict[str, Any]]) -> str | None:
+def _finish_tracking(config: Config, tracker: Tracker, output_dir: str, cache, memory: list[dict[str, Any]]) -> str | None:
     """Log the outputs (and register the weights) and end the run FINISHED, best effort: the weights are in
     output_dir already, so a tracking outage now costs the run's record, not the run (which still exits 0).
     Returns where the registered weights load from, if they were registered."""
@@ -497,7 +498,7 @@ def _finish_tracking(config: Config, tracker, output_dir: str, cache, memory: li
     return None
 
 
-def _end_run_quietly(tracker, status: str, error: str, wait_s: float = 10.0) -> None:
+def _end_run_quietly(tracker: Tracker, status: str, error: str, wait_s: float = 10.0) -> None:
     """End a failed or stopped run; the tracker being down too must not hide the run's own error."""
     try:
         if tracker.available(wait_s):
@@ -516,7 +517,7 @@ def _weights(config: Config, output_dir: str) -> tuple[Path, str]:
     return Path(output_dir) / "transformer", "weights/transformer"
 
 
-def _log_outputs(config: Config, tracker, output_dir: str, cache, memory: list[dict[str, Any]]) -> str | None:
+def _log_outputs(config: Config, tracker: Tracker, output_dir: str, cache, memory: list[dict[str, Any]]) -> str | None:
     local = Path(output_dir)
     for artifact_dir, path in (("", local / RESOLVED_CONFIG), ("config", local / TRAINING_CONFIG),
                                ("memory", local / "memory.md")):
