@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ray_ltx.config import Config
-from ray_ltx.tracking.base import STATUSES, RunInfo, Tracker, config_params, run_tags, versions
+from ray_ltx.redaction import Secret
+from ray_ltx.tracking.base import RunInfo, Tracker, config_params, run_tags, versions
 
-__all__ = ["STATUSES", "RunInfo", "Tracker", "attach", "check", "config_params", "download", "enabled", "resume",
+__all__ = ["RunInfo", "Tracker", "attach", "check", "config_params", "download", "enabled", "resume",
            "start", "versions"]
 
 
@@ -56,7 +57,7 @@ def attach(handle: dict[str, Any]) -> Tracker:
     return _implementation(handle["backend"]).attach(handle)
 
 
-def download(uri: str, tracking_uri: str | None = None) -> str:
+def download(uri: str, tracking_uri: str | Secret | None = None) -> str:
     """A local copy of weights a tracker holds: ``runs:/<run_id>/<path>`` or ``models:/<name>/<version|latest>``
     (MLflow's run artifacts and model registry)."""
     from ray_ltx.tracking.mlflow_tracker import download as mlflow_download

@@ -17,9 +17,6 @@ from typing import Any, ClassVar
 from ray_ltx.config import Config
 from ray_ltx.redaction import SECRET_NAMES, redact
 
-#: How a run ended; the backends map these onto their own states.
-STATUSES = ("FINISHED", "FAILED", "KILLED")
-
 
 @dataclass
 class RunInfo:
@@ -130,7 +127,8 @@ class Tracker(ABC):
 
     @abstractmethod
     def end(self, status: str, error: str | None = None) -> None:
-        """status: one of :data:`STATUSES`; a failure's message is kept with the run."""
+        """status: FINISHED, FAILED or KILLED (each backend maps them onto its own states); a failure's message is
+        kept with the run."""
 
     def close(self, spill_dir: Path | None = None) -> None:  # noqa: B027 - optional for backends without buffers
         """This process is done with the run (rank 0 at the end of training): send everything still buffered."""

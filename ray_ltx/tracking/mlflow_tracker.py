@@ -184,7 +184,6 @@ class MlflowTracker(Tracker):
         self.flush_seconds = flush_seconds
         self.buffer: list[tuple[str, float, int, int]] = []
         self.last_flush = time.monotonic()
-        self.failures = 0
         self._logged_through: dict[str, int] = {}
         self._monitor = None
 
@@ -309,7 +308,6 @@ class MlflowTracker(Tracker):
             try:
                 self._client.log_batch(self.run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in chunk])
             except Exception as error:
-                self.failures += 1
                 log.warning("MLflow unreachable (%s); %d metric values buffered, will retry",
                             type(error).__name__, len(self.buffer))
                 if attempt + 1 < attempts:
