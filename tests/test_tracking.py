@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from ray_ltx import tracking
-from ray_ltx.config import build_config
+from ray_ltx.config import Config, build_config
 from ray_ltx.data.samples import moving_shape_frames, write_video
 from ray_ltx.errors import ConfigError, TrackingError, TrainingDivergedError
 from ray_ltx.train.driver import train
@@ -96,12 +96,12 @@ def sqlite_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
 
 
-def _config(tmp_path: Path, **values: Any):
+def _config(tmp_path: Path, **values: Any) -> Config:
     return build_config({"output_dir": str(tmp_path / "out"), "log_system_metrics": False, "rank": 8,
                          **values}).resolved()
 
 
-def _exercise(config, clip: Path, weights: Path) -> tuple[str, str | None]:
+def _exercise(config: Config, clip: Path, weights: Path) -> tuple[str, str | None]:
     """What a training does through the interface: the driver starts the run, rank 0 (another process, here another
     object) reattaches to log metrics and a validation video, the driver logs the weights and ends the run FAILED."""
     driver = tracking.start(config, run_name="interface", extra_params={"cluster.workers": 1})

@@ -492,8 +492,8 @@ def _finish_tracking(config: Config, tracker: Tracker, output_dir: str, cache, m
         except Exception as error:
             problem = f"{type(error).__name__}: {redact(str(error))[:300]}"
     weights, artifact_dir = _weights(config, output_dir)
-    log.warning("%s could not record the end of the run (%s). The weights are safe at %s. Once %s is back, log them "
-                "and end the run with:\n%s", tracker.describe(), problem, weights, tracker.title,
+    log.warning("%s could not record the end of run %s (%s). The weights are safe at %s. Once %s is back, log them "
+                "and end the run with:\n%s", tracker.title, tracker.run_id, problem, weights, tracker.title,
                 tracker.recovery_hint(str(weights), artifact_dir))
     return None
 
