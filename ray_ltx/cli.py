@@ -187,7 +187,11 @@ def add_generate_flags(parser: argparse.ArgumentParser) -> None:
                         help="model family [default: %(default)s, detected from the checkpoint]")
     parser.add_argument("--variant", default="auto", choices=["auto", "dev", "distilled"],
                         help="dev or distilled checkpoint (sets the default steps and guidance) [default: %(default)s]")
-    parser.add_argument("--lora", help="LoRA: a ray-ltx output dir, a safetensors file, or runs:/<run_id>/<path>")
+    parser.add_argument("--lora", help="LoRA: a ray-ltx output dir, a safetensors file, an MLflow run's weights "
+                        "(runs:/<run_id>/weights) or a registered model (models:/NAME/latest, models:/NAME/<version>; "
+                        "see train --register_model)")
+    parser.add_argument("--mlflow_tracking_uri", default=None, help="the MLflow store --lora runs:/ or models:/ "
+                        "is read from [default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db]")
     parser.add_argument("--lora_scale", type=float, default=1.0, help="LoRA strength [default: %(default)s]")
     parser.add_argument("--prompt", action="append", help="prompt (repeat for several videos)")
     parser.add_argument("--prompts_file", help="file with one prompt a line: batch mode, spread over GPUs")

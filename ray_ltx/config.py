@@ -179,7 +179,8 @@ class TrainingConfig(_Section):
     checkpointing_limit: int | None = Field(default=None, gt=0)
     """Keep at most N checkpoints (oldest removed); default keeps all."""
     resume_from_checkpoint: str | None = None
-    """'latest' (the newest checkpoint of this output_dir) or a checkpoint directory to resume from."""
+    """'latest' (the newest checkpoint of this output_dir, continuing its MLflow or W&B run) or a checkpoint
+    directory to resume from (in a new run)."""
     overwrite_output_dir: bool = False
     """Allow starting a new run in an output_dir that holds another run (its outputs are replaced)."""
     enable_slicing: bool = False
@@ -316,15 +317,28 @@ class DistributedConfig(_Section):
 
 class TrackingConfig(_Section):
     report_to: Literal["mlflow", "none", "wandb"] = "mlflow"
-    """Where runs are recorded; 'wandb' is accepted for finetrainers scripts and records to MLflow."""
+    """Where runs are recorded: 'mlflow' (default), 'wandb' (Weights & Biases: log in with `wandb login` or
+    WANDB_API_KEY, or set WANDB_MODE=offline and `wandb sync` later), or 'none'."""
     tracker_name: str = "ray-ltx"
-    """MLflow experiment name."""
+    """The MLflow experiment, or the W&B project, that holds the runs."""
     mlflow_tracking_uri: str | None = None
     """MLflow tracking URI; default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db."""
     mlflow_run_name: str | None = None
-    """MLflow run name; default: derived from the output directory."""
+    """The run's name in MLflow or W&B; default: derived from the output directory."""
     log_system_metrics: bool = True
-    """Record CPU/GPU/memory system metrics in MLflow while training."""
+    """Record CPU/GPU/memory system metrics in the run while training."""
+    register_model: str | None = None
+    """Register the final weights (the LoRA file, or transformer/) as a new version of this model in MLflow's
+    model registry (load it with `ray-ltx generate --lora models:/NAME/latest`); with W&B, the name of the model
+    artifact the weights are logged as."""
+
+    @field_validator("register_model")
+    @classmethod
+    def _model_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError("must be letters, digits, '.', '_' and '-', starting with a letter or digit (it is "
+                             "read back as models:/NAME/latest), e.g. --register_model bw-style-lora")
+        return value
 
 
 class Config(BaseModel):

@@ -8,8 +8,9 @@ Equivalent to the diffusers example users know (LTX-Video; with ``--image``, ``L
     pipe.set_adapters(["ltxv-lora"], [0.75])
     export_to_video(pipe(prompt, ...).frames[0], "output.mp4", fps=24)
 
-``--lora`` takes a ray-ltx output dir, a safetensors file, or an MLflow artifact URI
-(``runs:/<run_id>/weights``, ``models:/...``), downloaded with MLflow.
+``--lora`` takes a ray-ltx output dir, a safetensors file, or weights a tracker holds: a run's
+(``runs:/<run_id>/weights``) or a registered model's version (``models:/NAME/latest``, ``models:/NAME/3``),
+downloaded through :mod:`ray_ltx.tracking` from ``--mlflow_tracking_uri`` (default: MLFLOW_TRACKING_URI).
 """
 
 from __future__ import annotations
@@ -21,21 +22,22 @@ from typing import Any
 import torch
 
 from ray_ltx.errors import ConfigError
+from ray_ltx.redaction import Secret
 
 log = logging.getLogger(__name__)
 
 ADAPTER_NAME = "ray-ltx-lora"
 
 
-def resolve_lora(lora: str) -> str:
-    """A local path for ``lora`` (an MLflow artifact URI is downloaded first)."""
+def resolve_lora(lora: str, tracking_uri: str | Secret | None = None) -> str:
+    """A local path for ``lora`` (a run's or a registered model's weights are downloaded first)."""
     if lora.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
-        import mlflow
+        from ray_ltx import tracking
 
-        return mlflow.artifacts.download_artifacts(artifact_uri=lora)
+        return tracking.download(lora, tracking_uri)
     if not Path(lora).exists():
         raise ConfigError(f"--lora {lora}: no such file or directory (give a ray-ltx output dir, a .safetensors "
-                          "file, or runs:/<run_id>/weights)")
+                          "file, runs:/<run_id>/weights or models:/NAME/latest)")
     return lora
 
 
@@ -59,12 +61,12 @@ def model_family(model: str, base_model: str | None = None, model_name: str = "a
 
 def load_pipeline(model: str, lora: str | None = None, lora_scale: float = 1.0, dtype: str | None = None,
                   device: torch.device | None = None, image_to_video: bool = False, base_model: str | None = None,
-                  model_name: str = "auto", variant: str = "auto"):
+                  model_name: str = "auto", variant: str = "auto", tracking_uri: str | Secret | None = None):
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     family = model_family(model, base_model, model_name, variant)
     pipe = family.pipeline(device, _dtype(dtype, device), image_to_video=image_to_video)
     if lora:
-        lora = resolve_lora(lora)
+        lora = resolve_lora(lora, tracking_uri)
         family.check_lora(lora, pipe)
         pipe.load_lora_weights(lora, adapter_name=ADAPTER_NAME)
         pipe.set_adapters([ADAPTER_NAME], [lora_scale])
@@ -100,7 +102,7 @@ def render(pipe, family, prompt: str, *, negative_prompt: str = "", num_frames: 
     return frames
 
 
-LOAD_OPTIONS = ("model", "lora", "lora_scale", "dtype", "base_model", "model_name", "variant")
+LOAD_OPTIONS = ("model", "lora", "lora_scale", "dtype", "base_model", "model_name", "variant", "tracking_uri")
 RENDER_OPTIONS = ("negative_prompt", "num_frames", "height", "width", "steps", "guidance_scale", "image")
 
 
@@ -173,6 +175,8 @@ def generate_from_args(args) -> list[Path]:
     options = {
         "model": args.model, "base_model": args.base_model, "model_name": args.model_name, "variant": args.variant,
         "lora": args.lora, "lora_scale": args.lora_scale, "dtype": args.dtype, "image": args.image,
+        # a Secret: Ray keeps what the batch mode's actors are handed, and it prints redacted
+        "tracking_uri": Secret(args.mlflow_tracking_uri) if args.mlflow_tracking_uri else None,
         "negative_prompt": args.negative_prompt, "num_frames": args.num_frames, "height": args.height,
         "width": args.width, "steps": args.steps, "guidance_scale": args.guidance_scale, "seed": args.seed,
         "fps": args.fps, "out": args.out,

@@ -31,6 +31,7 @@ from ray_ltx.data import pipeline
 from ray_ltx.data.sources import read_records
 from ray_ltx.errors import CacheError, ConfigError, DatasetError, OutputDirError, TrackingError
 from ray_ltx.redaction import redacted_config
+from ray_ltx.tracking import mlflow_tracker
 from ray_ltx.train import driver
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,12 +60,12 @@ def _files_holding(secret: str, *roots: Path) -> list[Path]:
 
 
 def test_user_pass_uri_with_a_port_is_split_for_mlflow(clean_mlflow_env) -> None:
-    assert tracking.connect("https://ltx%40team:p%3Ass@mlflow.example.com:8443/base") == \
+    assert mlflow_tracker.connect("https://ltx%40team:p%3Ass@mlflow.example.com:8443/base") == \
         "https://mlflow.example.com:8443/base"
     assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("ltx@team", "p:ss")
     # Before: urllib looked up the host 'user:pass@127.0.0.1' and the traceback printed the password.
     with pytest.raises(TrackingError, match=r"http://\*\*\*@127\.0\.0\.1:9 is unreachable") as caught:
-        tracking.check_reachable(f"http://{USER}:{SECRET}@127.0.0.1:9", timeout=2)
+        mlflow_tracker.check_reachable(f"http://{USER}:{SECRET}@127.0.0.1:9", timeout=2)
     assert SECRET not in str(caught.value)
 
 
@@ -185,8 +186,8 @@ def test_mlflow_down_at_the_end_keeps_the_run_and_says_how_to_log_the_weights(
 
 def test_mlflow_down_when_a_run_fails_does_not_hide_the_run_s_error(caplog) -> None:
     caplog.set_level(logging.WARNING)
-    driver._end_run_quietly("http://127.0.0.1:9", "0123abcd", "FAILED", "TrainingDivergedError: non-finite loss",
-                             wait_s=1.0)
+    driver._end_run_quietly(mlflow_tracker.MlflowTracker("http://127.0.0.1:9", "0123abcd"), "FAILED",
+                            "TrainingDivergedError: non-finite loss", wait_s=1.0)
     assert "run 0123abcd could not be marked FAILED and stays RUNNING" in caplog.text
 
 

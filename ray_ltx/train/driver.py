@@ -1,4 +1,4 @@
-"""The driver of a training run: checks, cache, MLflow run, TorchTrainer, outputs, summary.
+"""The driver of a training run: checks, cache, tracking run, TorchTrainer, outputs, summary.
 
 Runs wherever ``ray-ltx train`` runs (a laptop, a Ray head, a ``ray job submit`` entrypoint).
 Workers never share a filesystem with it: they read the cache and write checkpoints through
@@ -32,7 +32,8 @@ from ray_ltx.errors import (
     is_disk_full,
 )
 from ray_ltx.model.lora import COMFYUI_WEIGHTS, DIFFUSERS_WEIGHTS
-from ray_ltx.redaction import Secret, redact, redacted_config
+from ray_ltx.redaction import redact, redacted_config
+from ray_ltx.tracking import Tracker
 from ray_ltx.train import checkpoint as ckpt
 from ray_ltx.train.memory import MEMORY_JSON, MEMORY_MD
 
@@ -43,7 +44,9 @@ RESOLVED_CONFIG = "config.yaml"
 # What a run writes to output_dir; --overwrite_output_dir removes these and nothing else (the cache stays).
 RUN_OUTPUTS = (TRAINING_CONFIG, RESOLVED_CONFIG, DIFFUSERS_WEIGHTS, COMFYUI_WEIGHTS, "transformer", MEMORY_MD,
                MEMORY_JSON, "validation")
-END_OF_RUN_WAIT_S = 60.0  # how long the end of a run waits for an MLflow server that does not answer
+END_OF_RUN_WAIT_S = 60.0  # how long the end of a run waits for a tracking server that does not answer
+#: In the run's storage folder: the tracking run that `--resume_from_checkpoint latest` continues.
+TRACKING_RUN = "tracking_run.json"
 
 
 @dataclass
@@ -52,11 +55,13 @@ class TrainResult:
     steps: int
     final_loss: float | None
     checkpoint: str | None
-    mlflow_run_id: str | None
+    mlflow_run_id: str | None  # the tracking run's id (MLflow's, or W&B's with --report_to wandb)
     tracking_uri: str | None
     training_config: dict[str, Any] = field(default_factory=dict)
     memory: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    tracking: str | None = None  # where the run is recorded, in words
+    registered_model: str | None = None  # where the registered weights load from (models:/NAME/VERSION)
 
 
 class _Stopped(BaseException):
@@ -239,18 +244,18 @@ def _train(config: Config, *, callbacks: list | None, parent_run_id: str | None,
     resume_path, start_step = _resume_point(config, run_dir)
     faults.check(os.environ.get("RAY_LTX_FAULT"))
     _check_model(config)
-    uri = config.tracking_uri if tracking.enabled(config) else None
-    if uri:
-        tracking.check_reachable(uri)  # before any cluster or model work
+    if tracking.enabled(config):
+        tracking.check(config)  # before any cluster or model work
     init_ray(config)
 
-    run_id = None
-    if uri:
+    tracker = None
+    if tracking.enabled(config):
         shape_info = cluster_shape()
-        run_id = tracking.start_run(config, run_name=run_name, parent_run_id=parent_run_id, extra_params={
+        tracker = _open_tracker(config, run_dir, run_name, parent_run_id, {
             "cluster.nodes": shape_info["nodes"], "cluster.gpus": shape_info["gpus"],
             "cluster.workers": config.distributed.num_workers})
-        log.info("MLflow run %s in experiment %r at %s", run_id, config.tracking.tracker_name, tracking.redact(uri))
+        log.info("%s (%s %r)", tracker.describe(), "project" if tracker.backend == "wandb" else "experiment",
+                 config.tracking.tracker_name)
 
     previous_handler = signal.getsignal(signal.SIGTERM)
 
@@ -269,21 +274,20 @@ def _train(config: Config, *, callbacks: list | None, parent_run_id: str | None,
         shape = plan_shape(per_bucket, config.training.batch_size, config.training.gradient_accumulation_steps, world)
         storage.write_text(storage.join(output_dir, RESOLVED_CONFIG),
                            yaml.safe_dump(redacted_config(config), sort_keys=False))
-        result = _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_dir, run_id, uri,
+        result = _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_dir, tracker,
                       callbacks, build_plan, holdout_batches, training_dataset)
         steps, final_loss, checkpoint_path, trainable, memory = result
         _copy_export(checkpoint_path, output_dir)
         block = training_config_block(config, trainable, shape.samples, shape, world)
         storage.write_text(storage.join(output_dir, TRAINING_CONFIG), json.dumps(block, indent=4))
-        if uri and run_id:
-            _finish_tracking(config, uri, run_id, output_dir, cache, memory)
+        registered = _finish_tracking(config, tracker, output_dir, cache, memory) if tracker else None
     except (_Stopped, KeyboardInterrupt) as error:
-        if uri and run_id:
-            _end_run_quietly(uri, run_id, "KILLED", f"stopped: {error or 'interrupted'}")
+        if tracker:
+            _end_run_quietly(tracker, "KILLED", f"stopped: {error or 'interrupted'}")
         raise
     except BaseException as error:
-        if uri and run_id:
-            _end_run_quietly(uri, run_id, "FAILED", _describe_failure(error))
+        if tracker:
+            _end_run_quietly(tracker, "FAILED", _describe_failure(error))
         user_error = _as_user_error(error)
         if user_error is error:
             raise
@@ -294,11 +298,33 @@ def _train(config: Config, *, callbacks: list | None, parent_run_id: str | None,
         if _in_main_thread():
             signal.signal(signal.SIGTERM, previous_handler)
 
-    outcome = TrainResult(output_dir, steps, final_loss, checkpoint_path, run_id, uri, block, memory,
-                          round(time.monotonic() - started, 1))
+    outcome = TrainResult(output_dir, steps, final_loss, checkpoint_path, tracker.run_id if tracker else None,
+                          config.tracking_uri if tracker and tracker.backend == "mlflow" else None, block, memory,
+                          round(time.monotonic() - started, 1), tracker.describe() if tracker else None, registered)
     if not quiet:
         print(format_summary(config, outcome))
     return outcome
+
+
+def _open_tracker(config: Config, run_dir: str, run_name: str | None, parent_run_id: str | None,
+                  extra_params: dict[str, Any]) -> Tracker:
+    """The tracking run: with ``--resume_from_checkpoint latest``, the one this training recorded in its storage
+    folder (one run and one loss curve however often it is resumed); otherwise a new one, recorded there."""
+    from ray_ltx import tracking
+
+    record = storage.join(run_dir, TRACKING_RUN)
+    if config.training.resume_from_checkpoint == "latest" and storage.is_file(record):
+        saved = json.loads(storage.read_text(record))
+        if saved["backend"] == config.tracking.report_to:
+            tracker = tracking.resume(config, saved["run_id"], extra_params)
+            if tracker is not None:
+                log.info("resuming: continuing tracking run %s", saved["run_id"])
+                return tracker
+            log.warning("resuming: the tracking run %s of this training is gone from %s; starting a new run",
+                        saved["run_id"], redact(config.tracking_uri))
+    tracker = tracking.start(config, run_name=run_name, parent_run_id=parent_run_id, extra_params=extra_params)
+    storage.write_text(record, json.dumps({"backend": tracker.backend, "run_id": tracker.run_id}))
+    return tracker
 
 
 def _check_model(config: Config):
@@ -317,7 +343,7 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_dir, run_id, uri, callbacks,
+def _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_dir, tracker, callbacks,
          build_plan, holdout_batches, training_dataset):
     """Run the TorchTrainer; returns (steps, final loss, final checkpoint, trainable params, memory rows)."""
     world = config.distributed.num_workers
@@ -340,7 +366,7 @@ def _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_di
              training.train_steps, start_step, shape.samples, len(per_bucket), shape.micro_batches_per_epoch, world)
     config_dict = config.to_dict()
     # Ray keeps the train loop config in its Train run state (the dashboard shows it): the workers get the
-    # tracking URI as a Secret, which prints redacted, and need no copy of it in the config.
+    # tracking URI in the tracker's handle as a Secret, which prints redacted, and need no copy of it in the config.
     config_dict["tracking"]["mlflow_tracking_uri"] = redact(config_dict["tracking"]["mlflow_tracking_uri"] or "") or None
     loop_config = {
         "config": config_dict,
@@ -349,9 +375,7 @@ def _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_di
         "plan_start_step": start_step,
         "resume_path": resume_path,
         "heldout_batches": holdout_batches(cache, held) if held else [],
-        "mlflow_run_id": run_id,
-        "tracking_uri": Secret(uri) if uri else None,
-        "system_metrics": config.tracking.log_system_metrics,
+        "tracking": tracker.handle() if tracker else None,  # rank 0 reattaches to the run
         "fault_dir": run_dir if not storage.is_uri(run_dir) else "/tmp/ray-ltx-faults",
         "storage_dir": run_dir,
         "fault": os.environ.get("RAY_LTX_FAULT"),
@@ -456,57 +480,56 @@ def _as_user_error(error: BaseException) -> BaseException:
     return cause if isinstance(cause, UserError) else error
 
 
-def _finish_tracking(config: Config, uri: str, run_id: str, output_dir: str, cache,
-                     memory: list[dict[str, Any]]) -> None:
-    """Log the outputs and end the run FINISHED, best effort: the weights are in output_dir already, so an
-    MLflow outage now costs the run's record, not the run (which still exits 0)."""
-    from ray_ltx import tracking
-
-    problem = None if tracking.available(uri, END_OF_RUN_WAIT_S) else "it does not answer, or refuses the credentials"
+def _finish_tracking(config: Config, tracker: Tracker, output_dir: str, cache, memory: list[dict[str, Any]]) -> str | None:
+    """Log the outputs (and register the weights) and end the run FINISHED, best effort: the weights are in
+    output_dir already, so a tracking outage now costs the run's record, not the run (which still exits 0).
+    Returns where the registered weights load from, if they were registered."""
+    problem = None if tracker.available(END_OF_RUN_WAIT_S) else "it does not answer, or refuses the credentials"
     if problem is None:
         try:
-            _log_outputs(config, uri, run_id, output_dir, cache, memory)
-            tracking.end_run(uri, run_id, "FINISHED")
-            return
+            registered = _log_outputs(config, tracker, output_dir, cache, memory)
+            tracker.end("FINISHED")
+            return registered
         except Exception as error:
             problem = f"{type(error).__name__}: {redact(str(error))[:300]}"
-    lora = config.training.training_type == "lora"
-    weights = storage.join(output_dir, DIFFUSERS_WEIGHTS if lora else "transformer")
-    shown = redact(uri)
-    log.warning(
-        "MLflow at %s could not record the end of run %s (%s). The weights are safe at %s. Once the server is "
-        "back, log them and end the run with:\n  MLFLOW_TRACKING_URI=%s mlflow artifacts %s %s -r %s -a %s\n"
-        "  python -c \"from mlflow import MlflowClient; MlflowClient('%s').set_terminated('%s')\"",
-        shown, run_id, problem, weights, shown, "log-artifact --local-file" if lora else "log-artifacts --local-dir",
-        weights, run_id, "weights" if lora else "weights/transformer", shown, run_id)
+    weights, artifact_dir = _weights(config, output_dir)
+    log.warning("%s could not record the end of run %s (%s). The weights are safe at %s. Once %s is back, log them "
+                "and end the run with:\n%s", tracker.title, tracker.run_id, problem, weights, tracker.title,
+                tracker.recovery_hint(str(weights), artifact_dir))
+    return None
 
 
-def _end_run_quietly(uri: str, run_id: str, status: str, error: str, wait_s: float = 10.0) -> None:
-    """End a failed or stopped run; MLflow being down too must not hide the run's own error."""
-    from ray_ltx import tracking
-
+def _end_run_quietly(tracker: Tracker, status: str, error: str, wait_s: float = 10.0) -> None:
+    """End a failed or stopped run; the tracker being down too must not hide the run's own error."""
     try:
-        if tracking.available(uri, wait_s):
-            tracking.end_run(uri, run_id, status, error=error)
+        if tracker.available(wait_s):
+            tracker.end(status, error=error)
             return
     except Exception as tracking_error:
-        log.debug("ending run %s: %s", run_id, tracking_error)
-    log.warning("MLflow at %s did not answer: run %s could not be marked %s and stays RUNNING",
-                redact(uri), run_id, status)
+        log.debug("ending run %s: %s", tracker.run_id, tracking_error)
+    log.warning("%s did not answer: run %s could not be marked %s and stays RUNNING", tracker.title,
+                tracker.run_id, status)
 
 
-def _log_outputs(config: Config, uri: str, run_id: str, output_dir: str, cache, memory: list[dict[str, Any]]) -> None:
-    from ray_ltx import tracking
+def _weights(config: Config, output_dir: str) -> tuple[Path, str]:
+    """The final weights in output_dir, and where the run keeps them."""
+    if config.training.training_type == "lora":
+        return Path(output_dir) / DIFFUSERS_WEIGHTS, "weights"
+    return Path(output_dir) / "transformer", "weights/transformer"
 
+
+def _log_outputs(config: Config, tracker: Tracker, output_dir: str, cache, memory: list[dict[str, Any]]) -> str | None:
     local = Path(output_dir)
-    weights = {"weights": local / DIFFUSERS_WEIGHTS} if config.training.training_type == "lora" \
-        else {"weights/transformer": local / "transformer"}
-    tracking.log_artifacts(uri, run_id, {"": local / RESOLVED_CONFIG, "config": local / TRAINING_CONFIG, **weights,
-                                         "memory": local / MEMORY_MD})
+    for artifact_dir, path in (("", local / RESOLVED_CONFIG), ("config", local / TRAINING_CONFIG),
+                               ("memory", local / MEMORY_MD)):
+        tracker.log_artifact(path, artifact_dir)
     if memory:
-        tracking.log_table(uri, run_id, memory, "memory/memory_report.json")
-    summary = cache.manifest.summary()
-    tracking.client(uri).log_dict(run_id, summary, "cache/manifest_summary.json")
+        tracker.log_table(memory, "memory/memory_report.json")
+    tracker.log_dict(cache.manifest.summary(), "cache/manifest_summary.json")
+    registered = tracker.log_model(*_weights(config, output_dir), config.tracking.register_model)
+    if registered:
+        log.info("the weights are registered: %s", registered)
+    return registered
 
 
 def format_summary(config: Config, result: TrainResult) -> str:
@@ -525,11 +548,10 @@ def format_summary(config: Config, result: TrainResult) -> str:
     else:
         lines.append(f"               transformer/ (a diffusers folder: from_pretrained('{output_dir}/transformer'))")
     lines.append(f"  checkpoint:  {redact(result.checkpoint or '')}")
-    if result.mlflow_run_id:
-        from ray_ltx import tracking
-
-        lines.append(f"  MLflow run:  {result.mlflow_run_id} (experiment {config.tracking.tracker_name!r})")
-        lines.append(f"  MLflow UI:   mlflow ui --backend-store-uri {tracking.redact(result.tracking_uri or '')}")
+    if result.tracking:
+        lines.append(f"  tracking:    {result.tracking}")
+    if result.registered_model:
+        lines.append(f"  registered:  {result.registered_model}")
     if result.memory:
         peak = max(result.memory, key=lambda r: r["max_memory_reserved"])
         final = result.memory[-1]

@@ -94,41 +94,38 @@ def _all_reduce(values: list[float], device: torch.device, world: int) -> list[f
 
 
 class _Tracker:
-    """Rank 0's MLflow metric logger, or nothing."""
+    """Rank 0's side of the tracking run (metrics, validation videos), or nothing."""
 
     def __init__(self, loop_config: dict[str, Any], rank: int):
-        self.logger = None
-        if rank == 0 and loop_config.get("mlflow_run_id"):
-            from ray_ltx.tracking import RunLogger
+        self.run = None
+        if rank == 0 and loop_config.get("tracking"):
+            from ray_ltx import tracking
 
-            self.logger = RunLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"],
-                                    system_metrics=loop_config.get("system_metrics", False))
+            self.run = tracking.attach(loop_config["tracking"])
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        if self.logger:
-            self.logger.log(step, metrics)
+        if self.run:
+            self.run.log_metrics(step, metrics)
 
     def flush(self) -> None:
-        """At each checkpoint: what a restart would not replay must be in MLflow already."""
-        if self.logger:
-            self.logger.flush()
+        """At each checkpoint: what a restart would not replay must be tracked already."""
+        if self.run:
+            self.run.flush()
 
     def log_videos(self, step: int, outputs: list, output_dir: str) -> None:
-        """Copy validation videos to ``<output_dir>/validation/`` and log them (with prompts) to MLflow."""
+        """Copy validation videos to ``<output_dir>/validation/`` and log them, with their prompts, to the run."""
         from ray_ltx import storage
 
         for path, item in outputs:
             relative = f"validation/step_{step:06d}/{path.name}"
             storage.write_bytes(storage.join(output_dir, relative), path.read_bytes())
-            prompt_file = path.with_suffix(".txt")
-            prompt_file.write_text(f"{item.prompt}\n{item.num_frames}x{item.height}x{item.width}\n")
-            if self.logger:
-                self.logger.log_artifact(path, f"validation/step_{step:06d}")
-                self.logger.log_artifact(prompt_file, f"validation/step_{step:06d}")
+            if self.run:
+                self.run.log_video(step, f"validation/{path.stem}", path,
+                                   f"{item.prompt}\n{item.num_frames}x{item.height}x{item.width}")
 
     def close(self, spill_dir: Path) -> None:
-        if self.logger:
-            self.logger.close(spill_dir)
+        if self.run:
+            self.run.close(spill_dir)
 
 
 def _save_checkpoint(engine, state: ckpt.TrainState, rank: int, metrics: dict[str, Any], fault_dir: str,
