@@ -184,6 +184,12 @@ def test_the_journal_records_each_restart_with_the_steps_and_time_lost() -> None
     assert describe(record) == "2 -> 1 -> 2 (2 resizes, 2 restarts); 1 step and 48 s lost to them"
     assert describe(Journal().record()) is None
 
+    from ray_ltx.train.driver import TrainResult, format_summary
+
+    result = TrainResult("/out", 8, 0.5, "/out/ray/train/checkpoint_00000008", None, None, workers=record)
+    assert "  workers:     2 -> 1 -> 2 (2 resizes, 2 restarts); 1 step and 48 s lost to them" in \
+        format_summary(build_config({"num_workers": "1:2"}), result).splitlines()
+
 
 # -- settings -------------------------------------------------------------------------------------
 
@@ -377,14 +383,17 @@ def test_a_lost_node_shrinks_the_run_and_a_new_one_grows_it_back(
     trainer = {"trainer_node": 1}
     first, second = nodes.add_node("node-a", 1, trainer), nodes.add_node("node-b", 1, trainer)
     nodes.wait_ready({"trainer_node": 2}, timeout=600)
-    train_steps, samples_dir, out = 60, tmp_path / "samples", tmp_path / "out"
+    # Ray Train notices a new node within about a minute (its view of the cluster refreshes every 20 s): the run
+    # must still be going by then. Each step makes 4 passes at 1 worker (2 micro-batches x MAX 2).
+    train_steps, samples_dir, out = 240, tmp_path / "samples", tmp_path / "out"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     flags = ["--pretrained_model_name_or_path", str(tiny_model), "--data_root", str(sample_data),
              "--cache_dir", str(shared_cache), "--video_resolution_buckets", "9x64x96", "17x64x96",
              "--id_token", "BW_STYLE", "--transformer_dtype", "fp32", "--vae_dtype", "fp32",
              "--text_encoder_dtype", "fp32", "--rank", "8", "--lora_alpha", "8", "--lr", "1e-3",
              "--num_workers", "1:2", "--resources_per_worker", '{"trainer_node": 1}',
-             "--elastic_resize_interval_s", "5", "--train_steps", str(train_steps), "--checkpointing_steps", "2",
+             "--gradient_accumulation_steps", "2", "--elastic_resize_interval_s", "5",
+             "--train_steps", str(train_steps), "--checkpointing_steps", "5",
              "--output_dir", str(out), "--mlflow_tracking_uri", uri, "--no-log_system_metrics",
              "--ray_address", nodes.gcs]
     # Ray Train's view of the cluster lags a lost node by up to 20 s: a restart at the old size waits this long
@@ -404,7 +413,7 @@ def test_a_lost_node_shrinks_the_run_and_a_new_one_grows_it_back(
 
         stopped_at = time.time()
         nodes.stop_node(second)
-        _wait(lambda: trained_at(1, 2, stopped_at), "2 steps on 1 worker after the node was stopped", driver, log)
+        _wait(lambda: trained_at(1, 1, stopped_at), "a step on 1 worker after the node was stopped", driver, log)
         added_at = time.time()
         nodes.add_node("node-c", 1, trainer)
         _wait(lambda: trained_at(2, 2, added_at), "2 steps on 2 workers after a node was added", driver, log)
@@ -419,7 +428,7 @@ def test_a_lost_node_shrinks_the_run_and_a_new_one_grows_it_back(
     sizes = [final[step][0]["world_size"] for step in sorted(final)]
     changes = [size for i, size in enumerate(sizes) if i == 0 or size != sizes[i - 1]]
     assert changes == [2, 1, 2], sizes
-    _check_each_micro_batch_once(final, 2, train_steps, set(LatentCache.open(str(shared_cache)).sample_ids()))
+    _check_each_micro_batch_once(final, 4, train_steps, set(LatentCache.open(str(shared_cache)).sample_ids()))
 
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("ray-ltx").experiment_id])

@@ -332,8 +332,12 @@ def _fit(config, cache, plan: DataPlan, held, start_step, resume_path, run_dir, 
     trainer = build_trainer(config, loop_config)
     try:
         result = _fit_interruptibly(trainer)
-    finally:
-        workers_record = _journal_record(journal)
+    except BaseException:
+        elastic.end_journal(journal)
+        raise
+    workers_record = elastic.end_journal(journal, read=True)
+    if elastic.describe(workers_record):
+        log.info("worker groups: %s", elastic.describe(workers_record))
     value = result.return_value or {}
     if value.get("fatal"):
         raise _fatal_error(value["fatal"])
@@ -343,18 +347,6 @@ def _fit(config, cache, plan: DataPlan, held, start_step, resume_path, run_dir, 
         log.warning("%s; the final weights are saved", value["validation_error"])
     return (value.get("step", training.train_steps), value.get("loss"), result.checkpoint.path,
             value.get("trainable_parameters", 0), value.get("memory", []), workers_record)
-
-
-def _journal_record(journal) -> dict[str, Any]:
-    """What the journal recorded of the worker groups, then the journal ends."""
-    import ray
-
-    record = ray.get(journal.record.remote())
-    ray.kill(journal)
-    description = elastic.describe(record)
-    if description:
-        log.info("worker groups: %s", description)
-    return record
 
 
 def _fatal_error(record: dict[str, str]) -> UserError:

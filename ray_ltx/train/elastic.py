@@ -76,6 +76,15 @@ def start_journal():
     return ray.remote(num_cpus=0)(Journal).options(scheduling_strategy=here).remote()
 
 
+def end_journal(journal: Any, read: bool = False) -> dict[str, Any]:
+    """End the journal actor; with ``read``, first fetch what it recorded ({} otherwise)."""
+    import ray
+
+    record = ray.get(journal.record.remote()) if read else {}
+    ray.kill(journal)
+    return record
+
+
 class GroupLog:
     """Rank 0's side of the journal: the group's start and each finished step (nothing on other ranks)."""
 

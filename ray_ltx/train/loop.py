@@ -313,9 +313,9 @@ def _train(loop_config: dict[str, Any]) -> dict[str, Any]:
         step = state.step
         started = time.perf_counter()
         passes = reader.step(step)
+        state.epoch = max(slot.epoch for slot, _ in passes)
         loss_sum, tokens, samples = 0.0, 0, 0
         for micro, (slot, batch) in enumerate(passes):
-            state.epoch = slot.epoch
             generator = _micro_batch_generator(device, training.seed, slot.index)
             batch = batch.to(device, compute)
             batch = drop_captions(batch, empty_embeds, empty_mask, config.data.caption_dropout_p, generator)
