@@ -111,7 +111,8 @@ class DataConfig(_Section):
     caption_dropout_p: float = Field(default=0.0, ge=0.0, le=1.0)
     """Probability of replacing a sample's prompt with the empty prompt during training."""
     dataloader_num_workers: int = Field(default=0, ge=0)
-    """Batches prefetched per training worker by Ray Data (finetrainers' loader workers)."""
+    """finetrainers' loader workers, accepted for its scripts: each training worker reads its own micro-batches
+    from the cache, two steps ahead, in a background thread."""
     cache_dir: str | None = None
     """Latent cache location (local path or URI); default: <output_dir>/cache."""
     rebuild_cache: bool = False
