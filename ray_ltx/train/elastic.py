@@ -6,8 +6,8 @@ new size from the latest checkpoint: when a worker or its node is lost (smaller)
 it starts and each step it finishes. The journal turns that into one event per restart: when, from how
 many workers to how many, the step the old group had reached, the checkpoint step the new one resumed
 from, the steps lost (trained again) and the seconds lost (from the old group's last step until the new
-group is back at that step, or until the next restart: the restart, the model load and the replay). The driver reads the events at
-the end of the run for MLflow (a table and one tag per resize) and the summary.
+group is back at that step, or until the next restart: the restart, the model load and the replay). The
+driver reads the events at the end of the run for MLflow (a table and one tag per resize) and the summary.
 """
 
 from __future__ import annotations
@@ -57,10 +57,13 @@ class Journal:
         self._catch_up(step, now)
 
     def _catch_up(self, step: int, now: float) -> None:
-        for event, reached_at in list(self._pending):
+        waiting = []
+        for event, reached_at in self._pending:
             if step >= event["from_step"]:
                 event["seconds_lost"] = round(now - reached_at, 2)
-                self._pending.remove((event, reached_at))
+            else:
+                waiting.append((event, reached_at))
+        self._pending = waiting
 
     def record(self) -> dict[str, Any]:
         """{"sizes": the size of each worker group in order, "restarts": one event per restart}."""
