@@ -357,6 +357,21 @@ def nodes():
         cluster.shutdown()
 
 
+def _join(nodes, name: str):
+    """A trainer node (one worker fits) that has started; `ray start` gives up when its raylet takes over 30 s to
+    register, as it may on a loaded machine: then try again."""
+    import time
+
+    for _ in range(3):
+        process = nodes.add_node(name, 1, {"trainer_node": 1})
+        while process.poll() is None and "Ray runtime started." not in nodes.node_log(name):
+            time.sleep(0.5)
+        if process.poll() is None:
+            return process
+        nodes.stop_node(process)
+    raise RuntimeError(f"`ray start` of {name} failed 3 times:\n{nodes.node_log(name)[-3000:]}")
+
+
 def _wait(condition, what: str, driver, log: Path, timeout: float = 600.0) -> None:
     import time
 
@@ -380,8 +395,7 @@ def test_a_lost_node_shrinks_the_run_and_a_new_one_grows_it_back(
 
     from ray_ltx.data.cache import LatentCache
 
-    trainer = {"trainer_node": 1}
-    first, second = nodes.add_node("node-a", 1, trainer), nodes.add_node("node-b", 1, trainer)
+    first, second = _join(nodes, "node-a"), _join(nodes, "node-b")
     nodes.wait_ready({"trainer_node": 2}, timeout=600)
     # Ray Train notices a new node within about a minute (its view of the cluster refreshes every 20 s): the run
     # must still be going by then. Each step makes 4 passes at 1 worker (2 micro-batches x MAX 2).
@@ -415,7 +429,7 @@ def test_a_lost_node_shrinks_the_run_and_a_new_one_grows_it_back(
         nodes.stop_node(second)
         _wait(lambda: trained_at(1, 1, stopped_at), "a step on 1 worker after the node was stopped", driver, log)
         added_at = time.time()
-        nodes.add_node("node-c", 1, trainer)
+        _join(nodes, "node-c")
         _wait(lambda: trained_at(2, 2, added_at), "2 steps on 2 workers after a node was added", driver, log)
         assert driver.wait(timeout=1200) == 0, log.read_text()[-5000:]
     finally:
