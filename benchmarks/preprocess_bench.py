@@ -69,7 +69,8 @@ def write_pipeline_dir(model_dir: Path, size: str) -> float:
 
 
 def _one_clip(args: tuple[str, int, int, int, int]) -> str:
-    from ray_ltx.data.samples import moving_shape_frames, write_video
+    from ray_ltx.data.samples import moving_shape_frames
+    from ray_ltx.media import write_video
 
     path, i, frames, height, width = args
     colour = COLOURS[i % len(COLOURS)][1]
@@ -163,7 +164,7 @@ def bare_rate(model_dir: Path, data_root: Path, size: str, clips: int, batch: in
 
     @torch.inference_mode()
     def t5_batch(texts: list[str]) -> None:
-        ids = tokenizer(texts, padding="max_length", max_length=config.data.max_sequence_length, truncation=True,
+        ids = tokenizer(texts, padding="max_length", max_length=family.max_sequence_length(), truncation=True,
                         add_special_tokens=True, return_tensors="pt").input_ids
         encoder(ids.to(device))[0].cpu()
 

@@ -6,7 +6,8 @@ For each GPU count (default 1, 2, 4, 8, capped at the GPUs present) it runs the 
 cache of 49x512x768 clips, bf16, full-size random-weight LTX-Video transformer) for:
 
 - ``lora_ddp``: LoRA r128 on to_q,to_k,to_v,to_out.0, plain DDP, compiled blocks;
-- ``full_zero2`` / ``full_zero3``: full finetune with DeepSpeed ZeRO-2 / ZeRO-3, gradient checkpointing.
+- ``full_zero2`` / ``full_zero3``: full finetune with DeepSpeed ZeRO-2 / ZeRO-3, gradient checkpointing;
+- ``full_fsdp``: full finetune with torch FSDP2 (bf16 params, fp32 reduce), gradient checkpointing, compiled blocks.
 
 and records samples/s (global: batch x workers / median step time), scaling efficiency against the 1-GPU
 run of the same config in the same call (samples/s at N / (N x samples/s at 1)) and rank 0's max memory
@@ -46,6 +47,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
                    "optimizer": "adamw", "overrides": {"backend": "deepspeed", "deepspeed_stage": 2}},
     "full_zero3": {"training_type": "full-finetune", "gradient_checkpointing": True, "compile": False,
                    "optimizer": "adamw", "overrides": {"backend": "deepspeed", "deepspeed_stage": 3}},
+    "full_fsdp": {"training_type": "full-finetune", "gradient_checkpointing": True, "compile": True,
+                  "optimizer": "adamw_fused", "overrides": {"backend": "fsdp"}},
 }
 GOALS = {"efficiency_at_4": 0.90, "efficiency_at_8": 0.85, "zero3_max_reserved_gib_at_8": 8.0}
 

@@ -11,7 +11,7 @@ latents 1x128x7x16x24 = a 49x512x768 clip = 2688 tokens; 128 text tokens of 4096
 - ray-ltx: ``ray_ltx.train.driver.train(config)`` (Ray Train, one GPU worker, Ray Data reading a
   synthetic latent cache, MLflow tracking on) for LoRA r128 batch 1 compiled (plain, and with CUDA graphs:
   ``--compile_mode reduce-overhead``), LoRA at the large batch compiled, and full finetune batch 1 compiled
-  with and without gradient checkpointing, fused AdamW. Step times
+  with and without gradient checkpointing (with it also through ``--backend fsdp``), fused AdamW. Step times
   come from the per-step metrics the loop logs to MLflow (``step_time_s``), read back after the run.
 
 With ``--version 0.9.7-13b`` the same comparison runs on the LTX-Video 13B shape (48 layers, 32 heads of 128,
@@ -220,7 +220,7 @@ def write_synthetic_cache(model_dir: Path, cache_dir: Path, size: str, samples: 
 
     config = load_config(None, {**base_overrides(model_dir, cache_dir, size), "output_dir": str(cache_dir.parent)})
     config = config.resolved()
-    fp = cache_lib.fingerprint(config, family_for(config).fingerprint())
+    fp = cache_lib.fingerprint(config, family_for(config))
     digest = cache_lib.fingerprint_digest(fp)
     spec = latent_spec(size)
     shape = SHAPES[size]
@@ -432,6 +432,11 @@ def main() -> int:
          "compile": not tiny, "compile_mode": "default" if tiny else "reduce-overhead",
          "optimizer": "adamw" if tiny else "adamw_fused", "steps": 6 if tiny else 130,
          "warmup": 2 if tiny else 15, "baseline": "baseline_lora_b1"},
+        # the same through FSDP2 on one GPU: its overhead against DDP (and that checkpointing works under it)
+        {"name": "ray_ltx_full_b1_ckpt_compile_fsdp", "training_type": "full-finetune", "batch": 1,
+         "gradient_checkpointing": True, "compile": not tiny, "optimizer": "adamw" if tiny else "adamw_fused",
+         "steps": 6 if tiny else 60, "warmup": 2 if tiny else 10, "baseline": "baseline_full_b1_ckpt",
+         "overrides": {"backend": "fsdp"}},
         # full finetune without activation checkpointing: weights, grads and AdamW state of 1.9B fit one GPU
         {"name": "ray_ltx_full_b1_compile", "training_type": "full-finetune", "batch": 1,
          "gradient_checkpointing": False, "compile": not tiny, "optimizer": "adamw" if tiny else "adamw_fused",

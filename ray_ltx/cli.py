@@ -163,9 +163,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from ray_ltx.model.tiny import write_pipeline
 
-    path = write_pipeline(args.out, size="full" if args.full_size else "tiny", seed=args.seed, version=args.version)
-    print(f"wrote a {'full-size' if args.full_size else 'tiny'} LTX-Video {args.version} pipeline (random weights) "
-          f"to {path}")
+    path = write_pipeline(args.out, size="full" if args.full_size else "tiny", seed=args.seed, version=args.version,
+                          family=args.family, overwrite=args.overwrite)
+    model = "LTX-2" if args.family == "ltx2" else f"LTX-Video {args.version or '0.9.0'}"
+    print(f"wrote a {'full-size' if args.full_size else 'tiny'} {model} pipeline (random weights) to {path}")
     return 0
 
 
@@ -182,11 +183,15 @@ def add_generate_flags(parser: argparse.ArgumentParser) -> None:
                         help="Hub id, pipeline folder or single-file .safetensors of the base model [default: %(default)s]")
     parser.add_argument("--base_model", default=None, help="with a single-file --model: the diffusers folder or Hub "
                         "id of the same version for the other components [default: the detected version's repo]")
-    parser.add_argument("--model_name", default="auto", choices=["auto", "ltx_video"],
+    parser.add_argument("--model_name", default="auto", choices=["auto", "ltx_video", "ltx2"],
                         help="model family [default: %(default)s, detected from the checkpoint]")
     parser.add_argument("--variant", default="auto", choices=["auto", "dev", "distilled"],
                         help="dev or distilled checkpoint (sets the default steps and guidance) [default: %(default)s]")
-    parser.add_argument("--lora", help="LoRA: a ray-ltx output dir, a safetensors file, or runs:/<run_id>/<path>")
+    parser.add_argument("--lora", help="LoRA: a ray-ltx output dir, a safetensors file, an MLflow run's weights "
+                        "(runs:/<run_id>/weights) or a registered model (models:/NAME/latest, models:/NAME/<version>; "
+                        "see train --register_model)")
+    parser.add_argument("--mlflow_tracking_uri", default=None, help="the MLflow store --lora runs:/ or models:/ "
+                        "is read from [default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db]")
     parser.add_argument("--lora_scale", type=float, default=1.0, help="LoRA strength [default: %(default)s]")
     parser.add_argument("--prompt", action="append", help="prompt (repeat for several videos)")
     parser.add_argument("--prompts_file", help="file with one prompt a line: batch mode, spread over GPUs")
@@ -255,8 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", required=True, help="output directory")
     tiny.add_argument("--full-size", action="store_true", help="diffusers default (full-size) configs")
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--version", default="0.9.0", choices=["0.9.0", "0.9.1", "0.9.5", "0.9.7-13b"],
-                      help="which release's configuration [default: %(default)s]")
+    tiny.add_argument("--family", default="ltx_video", choices=["ltx_video", "ltx2"],
+                      help="model family [default: %(default)s]")
+    tiny.add_argument("--version", default=None, choices=["0.9.0", "0.9.1", "0.9.5", "0.9.7-13b", "2.0"],
+                      help="which release's configuration [default: 0.9.0, LTX-2: 2.0]")
+    tiny.add_argument("--overwrite", action="store_true",
+                      help="replace --out even if it holds files make-tiny-model did not write")
 
     samples = command("make-sample-data", cmd_make_sample_data, "Write sample videos in the finetrainers layout.")
     samples.add_argument("--out", required=True, help="output directory")
@@ -265,17 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ray_ltx.logs import setup_logging
+
     setup_logging(args.verbose)
     try:
         return args.handler(args)

@@ -92,7 +92,7 @@ def job_config() -> dict[str, Any]:
 def _driver_runtime_env() -> dict[str, Any] | None:
     """The env vars to forward, less those the job's own runtime env sets (Ray refuses to merge a key twice),
     and the hook that quiets Ray's repetitive internal log lines in every worker process."""
-    from ray_ltx.progress import quiet_ray
+    from ray_ltx.logs import quiet_ray
 
     quiet_ray()
     job_env = job_config().get("runtime_env") or {}
@@ -100,7 +100,7 @@ def _driver_runtime_env() -> dict[str, Any] | None:
     env = {key: value for key, value in _forwarded_env().items() if key not in taken}
     runtime_env: dict[str, Any] = {"env_vars": env} if env else {}
     if "worker_process_setup_hook" not in job_env:
-        runtime_env["worker_process_setup_hook"] = "ray_ltx.progress.quiet_ray"
+        runtime_env["worker_process_setup_hook"] = "ray_ltx.logs.quiet_ray"
     return runtime_env or None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from ray_ltx.data.buckets import FRAME_MULTIPLE, SIDE_MULTIPLE, Bucket
+from ray_ltx.buckets import FRAME_MULTIPLE, SIDE_MULTIPLE, Bucket
 from ray_ltx.errors import ConfigError
 from ray_ltx.storage import join
 
@@ -52,9 +53,9 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    model_name: Literal["auto", "ltx_video"] = "auto"
+    model_name: Literal["auto", "ltx_video", "ltx2"] = "auto"
     """Model family: 'auto' detects it from the checkpoint (model_index.json, the transformer config or the
-    single file's tensors); 'ltx_video' is LTX-Video 0.9.x (finetrainers' name)."""
+    single file's tensors); 'ltx_video' is LTX-Video 0.9.x (finetrainers' name), 'ltx2' LTX-2."""
     pretrained_model_name_or_path: str = "Lightricks/LTX-Video"
     """Hub id, local diffusers pipeline folder, or a single-file .safetensors checkpoint (e.g.
     ltxv-13b-0.9.7-dev.safetensors: its transformer; the other components come from base_model_name_or_path)."""
@@ -106,8 +107,13 @@ class DataConfig(_Section):
     """Frame rate to resample clips to when frame_sampling is 'fps'."""
     frame_stride: int | None = Field(default=None, gt=0)
     """Take every N-th frame when frame_sampling is 'stride'."""
-    max_sequence_length: int = Field(default=128, gt=0)
-    """T5 tokens per prompt; longer captions are truncated and counted in the preprocessing report."""
+    max_sequence_length: int | None = Field(default=None, gt=0)
+    """Text tokens per prompt (what the pipeline pads to); longer captions are truncated and counted in the
+    preprocessing report. Default: the model family's (LTX-Video: 128 T5 tokens, LTX-2: 1024 Gemma tokens)."""
+    audio: Literal["off", "on", "required"] = "off"
+    """Clips' audio tracks (LTX-2): 'off' trains video only (the audio branch frozen); 'on' encodes each clip's audio
+    with the audio VAE and trains audio and video jointly, a clip without an audio track video-only; 'required'
+    skips clips without one (counted in the skip report)."""
     caption_dropout_p: float = Field(default=0.0, ge=0.0, le=1.0)
     """Probability of replacing a sample's prompt with the empty prompt during training."""
     dataloader_num_workers: int = Field(default=0, ge=0)
@@ -174,7 +180,8 @@ class TrainingConfig(_Section):
     checkpointing_limit: int | None = Field(default=None, gt=0)
     """Keep at most N checkpoints (oldest removed); default keeps all."""
     resume_from_checkpoint: str | None = None
-    """'latest' (the newest checkpoint of this output_dir) or a checkpoint directory to resume from."""
+    """'latest' (the newest checkpoint of this output_dir, continuing its MLflow or W&B run) or a checkpoint
+    directory to resume from (in a new run)."""
     overwrite_output_dir: bool = False
     """Allow starting a new run in an output_dir that holds another run (its outputs are replaced)."""
     enable_slicing: bool = False
@@ -316,15 +323,20 @@ class DistributedConfig(_Section):
     """Extra Ray resources each worker reserves (e.g. {"node_type_a100": 1})."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """How Ray places workers on nodes."""
-    backend: Literal["ddp", "deepspeed"] = "ddp"
-    """Plain DDP or DeepSpeed ZeRO (a fixed num_workers only: its checkpoints load only at the size that wrote
-    them)."""
+    backend: Literal["ddp", "deepspeed", "fsdp"] = "ddp"
+    """How workers share the model: 'ddp' keeps a whole copy per worker (LoRA, and full finetunes that fit
+    one GPU); 'deepspeed' shards optimizer state (ZeRO-2) or also parameters (ZeRO-3), with optional CPU
+    offload (a fixed num_workers only: its checkpoints load only at the size that wrote them); 'fsdp' (torch
+    FSDP2) shards parameters, gradients and optimizer state per transformer block (full finetunes larger than
+    one GPU), and its checkpoints resume on another number of workers."""
     deepspeed_stage: Literal[2, 3] = 2
     """ZeRO stage when backend is deepspeed."""
     offload_optimizer: bool = False
-    """DeepSpeed: keep optimizer state on the CPU."""
+    """DeepSpeed: keep optimizer state on the CPU. FSDP offloads it only together with the parameters:
+    give --offload_params."""
     offload_params: bool = False
-    """DeepSpeed ZeRO-3: keep parameters on the CPU."""
+    """DeepSpeed ZeRO-3: keep parameters on the CPU. FSDP: keep parameters, gradients and optimizer state
+    on the CPU (the optimizer step runs there)."""
     nccl_timeout: int = Field(default=1800, gt=0)
     """Seconds a collective may wait before the process group times out."""
     max_failures: int | None = Field(default=None, ge=-1)
@@ -340,6 +352,15 @@ class DistributedConfig(_Section):
     """Where Ray Train keeps checkpoints (a path or URI all nodes reach); default: <output_dir>/ray."""
     run_name: str = "train"
     """Name of the Ray Train run under storage_path; resuming needs the same name."""
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name_is_one_path_component(cls, value: str) -> str:
+        # It names <storage_path>/<run_name>, which --overwrite_output_dir deletes: '..' or 'a/b' would point elsewhere.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError("must be one directory name: letters, digits, '.', '_' and '-', starting with a letter "
+                             "or digit (no '/', no '..'), e.g. --run_name train")
+        return value
 
     @property
     def min_workers(self) -> int:
@@ -363,15 +384,28 @@ class DistributedConfig(_Section):
 
 class TrackingConfig(_Section):
     report_to: Literal["mlflow", "none", "wandb"] = "mlflow"
-    """Where runs are recorded; 'wandb' is accepted for finetrainers scripts and records to MLflow."""
+    """Where runs are recorded: 'mlflow' (default), 'wandb' (Weights & Biases: log in with `wandb login` or
+    WANDB_API_KEY, or set WANDB_MODE=offline and `wandb sync` later), or 'none'."""
     tracker_name: str = "ray-ltx"
-    """MLflow experiment name."""
+    """The MLflow experiment, or the W&B project, that holds the runs."""
     mlflow_tracking_uri: str | None = None
     """MLflow tracking URI; default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db."""
     mlflow_run_name: str | None = None
-    """MLflow run name; default: derived from the output directory."""
+    """The run's name in MLflow or W&B; default: derived from the output directory."""
     log_system_metrics: bool = True
-    """Record CPU/GPU/memory system metrics in MLflow while training."""
+    """Record CPU/GPU/memory system metrics in the run while training."""
+    register_model: str | None = None
+    """Register the final weights (the LoRA file, or transformer/) as a new version of this model in MLflow's
+    model registry (load it with `ray-ltx generate --lora models:/NAME/latest`); with W&B, the name of the model
+    artifact the weights are logged as."""
+
+    @field_validator("register_model")
+    @classmethod
+    def _model_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError("must be letters, digits, '.', '_' and '-', starting with a letter or digit (it is "
+                             "read back as models:/NAME/latest), e.g. --register_model bw-style-lora")
+        return value
 
 
 class Config(BaseModel):
@@ -426,13 +460,13 @@ class Config(BaseModel):
             raise ValueError("--frame_sampling fps needs --sample_fps (e.g. --sample_fps 24)")
         if self.data.frame_sampling == "stride" and not self.data.frame_stride:
             raise ValueError("--frame_sampling stride needs --frame_stride (e.g. --frame_stride 2)")
-        if self.distributed.offload_params and not (
-            self.distributed.backend == "deepspeed" and self.distributed.deepspeed_stage == 3
-        ):
-            raise ValueError("--offload_params needs --backend deepspeed --deepspeed_stage 3")
-        if self.distributed.offload_optimizer and self.distributed.backend != "deepspeed":
-            raise ValueError("--offload_optimizer needs --backend deepspeed")
         dist = self.distributed
+        if dist.backend == "fsdp":
+            self._check_fsdp()
+        elif dist.offload_params and not (dist.backend == "deepspeed" and dist.deepspeed_stage == 3):
+            raise ValueError("--offload_params needs --backend deepspeed --deepspeed_stage 3 (or --backend fsdp)")
+        elif dist.offload_optimizer and dist.backend != "deepspeed":
+            raise ValueError("--offload_optimizer needs --backend deepspeed")
         if dist.elastic and dist.backend not in RESIZABLE_BACKENDS:
             raise ValueError(
                 f"--num_workers {dist.min_workers}:{dist.max_workers} with --backend {dist.backend}: an elastic run "
@@ -440,6 +474,23 @@ class Config(BaseModel):
                 "loads only at the size that wrote it. Use --backend ddp (or fsdp) for an elastic run, or a fixed "
                 f"--num_workers (e.g. {dist.max_workers}) with DeepSpeed")
         return self
+
+    def _check_fsdp(self) -> None:
+        """Settings --backend fsdp cannot honour, refused before any work."""
+        dist, training = self.distributed, self.training
+        if dist.deepspeed_stage != DistributedConfig().deepspeed_stage:
+            raise ValueError(f"--deepspeed_stage {dist.deepspeed_stage} is a DeepSpeed setting; --backend fsdp always "
+                             "shards parameters, gradients and optimizer state: remove --deepspeed_stage")
+        if dist.offload_optimizer and not dist.offload_params:
+            raise ValueError("--offload_optimizer: FSDP cannot offload the optimizer state alone; --offload_params "
+                             "keeps parameters, gradients and optimizer state on the CPU")
+        if training.compile and training.compile_mode in ("reduce-overhead", "max-autotune"):
+            # CUDA graphs replay fixed addresses; FSDP frees and re-gathers every block's parameters each step.
+            raise ValueError(f"--compile_mode {training.compile_mode} (CUDA graphs) does not work with --backend fsdp; use "
+                             "--compile_mode default or max-autotune-no-cudagraphs")
+        if self.optimizer.optimizer == "adamw8bit":
+            raise ValueError("--optimizer adamw8bit: bitsandbytes' kernels cannot update FSDP's sharded parameters; "
+                             "use --optimizer adamw or adamw_fused with --backend fsdp")
 
     # -- resolved locations -------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ class OutputDirError(UserError):
 
 
 class TrackingError(UserError):
-    """The MLflow tracking server cannot be reached or refused a request."""
+    """The tracker (an MLflow server, W&B) cannot be reached, refused a request, or is not set up."""
 
     exit_code = 7
 

@@ -8,8 +8,9 @@ Equivalent to the diffusers example users know (LTX-Video; with ``--image``, ``L
     pipe.set_adapters(["ltxv-lora"], [0.75])
     export_to_video(pipe(prompt, ...).frames[0], "output.mp4", fps=24)
 
-``--lora`` takes a ray-ltx output dir, a safetensors file, or an MLflow artifact URI
-(``runs:/<run_id>/weights``, ``models:/...``), downloaded with MLflow.
+``--lora`` takes a ray-ltx output dir, a safetensors file, or weights a tracker holds: a run's
+(``runs:/<run_id>/weights``) or a registered model's version (``models:/NAME/latest``, ``models:/NAME/3``),
+downloaded through :mod:`ray_ltx.tracking` from ``--mlflow_tracking_uri`` (default: MLFLOW_TRACKING_URI).
 """
 
 from __future__ import annotations
@@ -21,21 +22,22 @@ from typing import Any
 import torch
 
 from ray_ltx.errors import ConfigError
+from ray_ltx.redaction import Secret
 
 log = logging.getLogger(__name__)
 
 ADAPTER_NAME = "ray-ltx-lora"
 
 
-def resolve_lora(lora: str) -> str:
-    """A local path for ``lora`` (an MLflow artifact URI is downloaded first)."""
+def resolve_lora(lora: str, tracking_uri: str | Secret | None = None) -> str:
+    """A local path for ``lora`` (a run's or a registered model's weights are downloaded first)."""
     if lora.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
-        import mlflow
+        from ray_ltx import tracking
 
-        return mlflow.artifacts.download_artifacts(artifact_uri=lora)
+        return tracking.download(lora, tracking_uri)
     if not Path(lora).exists():
         raise ConfigError(f"--lora {lora}: no such file or directory (give a ray-ltx output dir, a .safetensors "
-                          "file, or runs:/<run_id>/weights)")
+                          "file, runs:/<run_id>/weights or models:/NAME/latest)")
     return lora
 
 
@@ -59,12 +61,14 @@ def model_family(model: str, base_model: str | None = None, model_name: str = "a
 
 def load_pipeline(model: str, lora: str | None = None, lora_scale: float = 1.0, dtype: str | None = None,
                   device: torch.device | None = None, image_to_video: bool = False, base_model: str | None = None,
-                  model_name: str = "auto", variant: str = "auto"):
+                  model_name: str = "auto", variant: str = "auto", tracking_uri: str | Secret | None = None):
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     family = model_family(model, base_model, model_name, variant)
     pipe = family.pipeline(device, _dtype(dtype, device), image_to_video=image_to_video)
     if lora:
-        pipe.load_lora_weights(resolve_lora(lora), adapter_name=ADAPTER_NAME)
+        lora = resolve_lora(lora, tracking_uri)
+        family.check_lora(lora, pipe)
+        pipe.load_lora_weights(lora, adapter_name=ADAPTER_NAME)
         pipe.set_adapters([ADAPTER_NAME], [lora_scale])
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device), family
@@ -74,8 +78,8 @@ def render(pipe, family, prompt: str, *, negative_prompt: str = "", num_frames: 
            width: int = 768, steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
            image: str | None = None, show: bool = True):
     """Frames (F, H, W, 3) float in [0, 1]; the same seed gives the same frames."""
+    from ray_ltx.media import load_image
     from ray_ltx.progress import Progress
-    from ray_ltx.train.validation import load_image
 
     defaults = family.inference_defaults()
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -98,21 +102,7 @@ def render(pipe, family, prompt: str, *, negative_prompt: str = "", num_frames: 
     return frames
 
 
-def write_mp4(frames, path: str | Path, fps: int) -> Path:
-    """H.264 mp4 through PyAV (what ``diffusers.utils.export_to_video`` does, without OpenCV/imageio)."""
-    import numpy as np
-
-    from ray_ltx.data.samples import write_video
-
-    frames = np.asarray(frames)
-    if frames.dtype != np.uint8:
-        frames = (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_video(path, frames, fps=fps)
-
-
-LOAD_OPTIONS = ("model", "lora", "lora_scale", "dtype", "base_model", "model_name", "variant")
+LOAD_OPTIONS = ("model", "lora", "lora_scale", "dtype", "base_model", "model_name", "variant", "tracking_uri")
 RENDER_OPTIONS = ("negative_prompt", "num_frames", "height", "width", "steps", "guidance_scale", "image")
 
 
@@ -128,6 +118,8 @@ def generate_video(*, model: str, prompt: str, out: str, seed: int = 0, fps: int
         raise TypeError(f"generate_video got unknown options {sorted(unknown)}")
     pipe, family = _load({"model": model, **options})
     frames = render(pipe, family, prompt, seed=seed, **{k: options[k] for k in RENDER_OPTIONS if k in options})
+    from ray_ltx.media import write_mp4
+
     return write_mp4(frames, out, fps)
 
 
@@ -144,6 +136,8 @@ class _Renderer:
         for index, prompt in zip(batch["index"], batch["prompt"], strict=True):
             frames = render(self.pipe, self.family, str(prompt), seed=o["seed"] + int(index), show=False,
                             **{k: o[k] for k in RENDER_OPTIONS if k in o})
+            from ray_ltx.media import write_mp4
+
             paths.append(str(write_mp4(frames, Path(o["out"]) / f"{int(index):04d}.mp4", o["fps"])))
         return {"index": batch["index"], "prompt": batch["prompt"], "path": paths}
 
@@ -181,6 +175,8 @@ def generate_from_args(args) -> list[Path]:
     options = {
         "model": args.model, "base_model": args.base_model, "model_name": args.model_name, "variant": args.variant,
         "lora": args.lora, "lora_scale": args.lora_scale, "dtype": args.dtype, "image": args.image,
+        # a Secret: Ray keeps what the batch mode's actors are handed, and it prints redacted
+        "tracking_uri": Secret(args.mlflow_tracking_uri) if args.mlflow_tracking_uri else None,
         "negative_prompt": args.negative_prompt, "num_frames": args.num_frames, "height": args.height,
         "width": args.width, "steps": args.steps, "guidance_scale": args.guidance_scale, "seed": args.seed,
         "fps": args.fps, "out": args.out,

@@ -12,23 +12,6 @@ import sys
 import time
 from typing import Any
 
-#: Ray's internal loggers whose INFO/WARNING lines repeat every few seconds in a healthy run.
-CHATTY_LOGGERS = {
-    "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
-    "ray.train.v2._internal.execution.context": logging.WARNING,  # "Reporting training result ..." per rank
-    "ray.data._internal.progress": logging.WARNING,
-    "ray.data._internal.execution.streaming_executor": logging.WARNING,
-}
-
-
-def quiet_ray() -> None:
-    """Silence the repetitive lines of Ray's internals in this process (real warnings and errors stay).
-
-    Also the ``worker_process_setup_hook`` of ray-ltx's runs, so it applies in every Ray worker process.
-    """
-    for name, level in CHATTY_LOGGERS.items():
-        logging.getLogger(name).setLevel(level)
-
 
 def format_duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))

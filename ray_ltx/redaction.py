@@ -16,7 +16,8 @@ _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _SECRET_QUERY = re.compile(
     r"(?i)([?&](?:[a-z0-9_.-]*(?:token|password|passwd|secret|signature|credential|api[_-]?key|access[_-]?key)"
     r"[a-z0-9_.-]*)=)[^&\s#]*")
-SECRET_NAMES = re.compile(r"token|password|passwd|secret|credential|api_key|access_key", re.IGNORECASE)
+# ``id_token`` is the caption trigger word, not a credential: users need it back from config.yaml and MLflow.
+SECRET_NAMES = re.compile(r"(?<!id_)token|password|passwd|secret|credential|api_key|access_key", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
@@ -41,3 +42,31 @@ def redacted_config(config: Any) -> dict[str, Any]:
     """A config (or its dict) with every credential masked: what ``config.yaml`` and MLflow receive."""
     data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     return redact_value(data)
+
+
+class Secret:
+    """A string that prints redacted (``str``, ``repr``, f-strings); :meth:`reveal` gives the value back.
+
+    For credential-bearing values handed to Ray in memory, e.g. a train loop config: Ray keeps what it
+    is handed in its job and Train run state (the dashboard shows a run's train loop config), and it
+    shows a non-string value through ``str``.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __str__(self) -> str:
+        return redact(self._value)
+
+    def __repr__(self) -> str:
+        return f"Secret({redact(self._value)!r})"
+
+
+def reveal(value: str | Secret) -> str:
+    """The raw value of a :class:`Secret`, or a plain string as is."""
+    return value.reveal() if isinstance(value, Secret) else value

@@ -102,12 +102,15 @@ def copy_tree(source: Path, dest: Path) -> Path:
 
 
 class MlflowServer:
-    """A real `mlflow server` on 127.0.0.1 with a SQLite store, which tests can stop and restart."""
+    """A real `mlflow server` on 127.0.0.1 with a SQLite store, which tests can stop and restart.
 
-    def __init__(self, root: Path):
+    With ``auth=(user, password)`` it is MLflow's basic-auth app, with that admin account.
+    """
+
+    def __init__(self, root: Path, auth: tuple[str, str] | None = None):
         import socket
 
-        self.root = root
+        self.root, self.auth = root, auth
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -124,8 +127,15 @@ class MlflowServer:
         command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                    "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
                    "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"]
+        env = None
+        if self.auth:
+            config = self.root / "basic_auth.ini"
+            config.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{self.root / 'auth.db'}\n")
+            command += ["--app-name", "basic-auth"]
+            env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": "tests",
+                   "MLFLOW_AUTH_ADMIN_USERNAME": self.auth[0], "MLFLOW_AUTH_ADMIN_PASSWORD": self.auth[1]}
         self.log = open(self.root / "server.log", "a")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:

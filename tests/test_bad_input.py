@@ -19,8 +19,9 @@ from conftest import base_config
 from ray_ltx.config import load_config
 from ray_ltx.data import cache as cache_lib
 from ray_ltx.data.pipeline import preprocess
-from ray_ltx.data.samples import moving_shape_frames, write_video
+from ray_ltx.data.samples import moving_shape_frames
 from ray_ltx.errors import ConfigError, DatasetError
+from ray_ltx.media import write_video
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -330,6 +330,91 @@ def test_dockerfile_matches_ray_version() -> None:
     assert len(images) == 1, f"the manifests name different images: {images}"
 
 
+def _pod_specs(node: Any, where: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every pod spec in a manifest (anything holding `containers`): Deployments, Ray groups, the submitter."""
+    found = []
+    if isinstance(node, dict):
+        if isinstance(node.get("containers"), list):
+            found.append((where, node))
+        for key, value in node.items():
+            found += _pod_specs(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _pod_specs(value, f"{where}[{index}]")
+    return found
+
+
+@pytest.mark.parametrize("path", [RAYJOB, RAYCLUSTER])
+def test_every_pod_runs_unprivileged(path: Path) -> None:
+    specs = [spec for doc in _docs(path) for spec in _pod_specs(doc, doc["kind"])]
+    assert len(specs) >= 3 + (path == RAYJOB), "MLflow, head, GPU workers (and the RayJob submitter)"
+    for where, spec in specs:
+        pod = spec.get("securityContext") or {}
+        assert pod.get("runAsNonRoot") is True and isinstance(pod.get("runAsUser"), int) and pod["runAsUser"] > 0, where
+        assert pod.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        for container in spec["containers"] + spec.get("initContainers", []):
+            context = container.get("securityContext") or {}
+            assert context.get("allowPrivilegeEscalation") is False, (where, container["name"])
+            assert "ALL" in context.get("capabilities", {}).get("drop", []), (where, container["name"])
+            assert not context.get("privileged") and context.get("runAsUser", 1) != 0, (where, container["name"])
+    ray_spec = next(doc["spec"].get("rayClusterSpec", doc["spec"]) for doc in _docs(path)
+                    if doc["kind"] in ("RayJob", "RayCluster"))
+    if ray_spec.get("enableInTreeAutoscaling"):  # KubeRay adds the autoscaler's container to the head pod
+        context = (ray_spec.get("autoscalerOptions") or {}).get("securityContext") or {}
+        assert context.get("allowPrivilegeEscalation") is False and "ALL" in context.get("capabilities", {}).get(
+            "drop", []), "the autoscaler sidecar must run unprivileged too"
+
+
+def _secret_env(container: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+            for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+
+
+@pytest.mark.parametrize("path", [RAYJOB, RAYCLUSTER])
+def test_mlflow_asks_for_a_login_and_admits_only_the_ray_pods(path: Path) -> None:
+    docs = _docs(path)
+    deployment = _one(docs, "Deployment")
+    mlflow = _containers(deployment["spec"]["template"])[0]
+    command = " ".join(mlflow.get("command", []) + mlflow.get("args", []))
+    assert "--app-name basic-auth" in command
+    admin = _secret_env(mlflow)
+    assert {"MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"} <= set(admin)
+    ray_spec = next(doc["spec"].get("rayClusterSpec", doc["spec"]) for doc in docs if doc["kind"] in ("RayJob", "RayCluster"))
+    ray_templates = [ray_spec["headGroupSpec"]["template"]] + [g["template"] for g in ray_spec["workerGroupSpecs"]]
+    for template in ray_templates:  # every Ray pod logs in with the admin account's Secret
+        login = _secret_env(_containers(template)[0])
+        assert login["MLFLOW_TRACKING_USERNAME"] == admin["MLFLOW_AUTH_ADMIN_USERNAME"]
+        assert login["MLFLOW_TRACKING_PASSWORD"] == admin["MLFLOW_AUTH_ADMIN_PASSWORD"]
+
+    policy = _one(docs, "NetworkPolicy")["spec"]
+    mlflow_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= mlflow_labels.items(), "the policy must select MLflow"
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    assert [p["port"] for p in rule["ports"]] == [_one(docs, "Service")["spec"]["ports"][0]["targetPort"]]
+    for source in rule["from"]:
+        assert set(source) == {"podSelector"}, "only pods of this namespace, no ipBlock / namespaceSelector"
+        for template in ray_templates:
+            assert source["podSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+        assert not source["podSelector"]["matchLabels"].items() <= mlflow_labels.items()
+
+
+def test_launcher_mlflow_asks_for_a_login() -> None:
+    config = yaml.safe_load(LAUNCHER.read_text())
+    command = " ".join(config["head_start_ray_commands"])
+    assert "mlflow server --app-name basic-auth" in command and "MLFLOW_AUTH_ADMIN_PASSWORD" in command
+    assert "~/.mlflow/credentials" in config["file_mounts"], "every node's MLflow client needs the login"
+
+
+def test_no_world_writable_path() -> None:
+    for path in [*CLUSTER.rglob("*"), DOC]:
+        if path.is_file():
+            text = path.read_text()
+            assert not re.search(r"\b0?[0-7]?777\b|\b[ao]\+w", text), f"{path}: world-writable"
+            for mode in re.findall(r"chmod\s+(?:-R\s+)?([0-7]{3,4})\b", text):
+                assert int(mode[-1]) & 2 == 0, f"{path}: chmod {mode} is world-writable"
+
+
 def test_doc_commands_parse() -> None:
     """Every `python -m ray_ltx ...` line of docs/cluster.md is a valid command; the files it names exist."""
     text = DOC.read_text()
@@ -699,13 +784,12 @@ def test_job_stop_then_resume_from_latest_checkpoint(ray_cluster: LocalRayCluste
         "the workers did not load the checkpoint the driver resumed from"
 
     _assert_outputs(output_dir, train_steps)
-    runs = _mlflow_runs(uri)
-    assert [run.info.status for run in runs][1:] == ["FINISHED"]
+    (run,) = _mlflow_runs(uri)  # the resumed job continued the stopped job's run
+    assert run.info.run_id == stopped_run.info.run_id and run.info.status == "FINISHED"
     from mlflow.tracking import MlflowClient
 
-    history = MlflowClient(tracking_uri=uri).get_metric_history(runs[1].info.run_id, "loss")
-    assert history and min(m.step for m in history) > step, "the resumed run trained from step 0 again"
-    assert max(m.step for m in history) == train_steps
+    history = MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(1, train_steps + 1)), "one loss curve, no gap, no repeat"
 
     assert stopped_status in ("KILLED", "FAILED"), (
         f"`ray job stop` left the job's MLflow run {stopped_status}: the driver must end it (KILLED) "

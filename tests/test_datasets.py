@@ -20,7 +20,7 @@ from conftest import base_config
 from ray_ltx.cli import build_parser, config_from_args
 from ray_ltx.config import build_config
 from ray_ltx.data import cache as cache_lib
-from ray_ltx.data.samples import moving_shape_frames, write_image
+from ray_ltx.data.samples import moving_shape_frames
 from ray_ltx.data.sources import read_records
 from ray_ltx.data.validation_set import (
     ValidationItem,
@@ -29,6 +29,7 @@ from ray_ltx.data.validation_set import (
     validation_items,
 )
 from ray_ltx.errors import ConfigError, DatasetError
+from ray_ltx.media import write_image
 
 
 def touch(path: Path) -> Path:

@@ -24,7 +24,7 @@ from conftest import base_config
 from ray_ltx.config import build_config
 from ray_ltx.errors import ConfigError
 from ray_ltx.train.data import DataPlan, MicroBatchReader
-from ray_ltx.train.elastic import Journal, describe
+from ray_ltx.train.elastic import Journal, describe, log_to_tracker
 
 PER_BUCKET = {"9x64x96": [f"a{i}" for i in range(7)], "17x64x96": [f"b{i}" for i in range(5)],
               "1x64x96": [f"c{i}" for i in range(4)]}
@@ -189,6 +189,26 @@ def test_the_journal_records_each_restart_with_the_steps_and_time_lost() -> None
     result = TrainResult("/out", 8, 0.5, "/out/ray/train/checkpoint_00000008", None, None, workers=record)
     assert "  workers:     2 -> 1 -> 2 (2 resizes, 2 restarts); 1 step and 48 s lost to them" in \
         format_summary(build_config({"num_workers": "1:2"}), result).splitlines()
+
+    class Recorder:  # the two Tracker calls the driver's end of run makes for the journal
+        def __init__(self) -> None:
+            self.tables: dict[str, list] = {}
+            self.tags: dict[str, str] = {}
+
+        def log_table(self, rows: list, artifact_file: str) -> None:
+            self.tables[artifact_file] = rows
+
+        def set_tags(self, tags: dict[str, str]) -> None:
+            self.tags.update(tags)
+
+    tracker = Recorder()
+    log_to_tracker(tracker, record)
+    assert tracker.tables == {"elastic/resizes.json": record["restarts"]}
+    assert sorted(tracker.tags) == ["resize.1", "resize.2"]
+    assert "at step 7: 2 -> 1 workers, resumed from step 6, 1 steps and 28.0 s lost" in tracker.tags["resize.1"]
+    quiet = Recorder()
+    log_to_tracker(quiet, Journal().record())
+    assert quiet.tables == {} and quiet.tags == {}, "a run that never restarted records nothing"
 
 
 # -- settings -------------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from ray_ltx.errors import OutOfMemoryError, TrainingDivergedError
-from ray_ltx.train.driver import latest_checkpoint, train
+from ray_ltx.errors import CheckpointError, OutOfMemoryError, TrainingDivergedError
+from ray_ltx.train.checkpoint import latest_checkpoint
+from ray_ltx.train.driver import train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
@@ -91,3 +92,57 @@ def test_a_validation_that_breaks_at_the_end_keeps_the_final_weights(make_config
     assert not prompts.exists()
     assert result.steps == 6 and (out / "pytorch_lora_weights.safetensors").is_file()
     assert "validation at step 6 failed" in caplog.text and "the final weights are saved" in caplog.text
+
+
+def test_a_damaged_cache_is_reported_then_recovered(tiny_model: Path, sample_data: Path, tmp_path: Path) -> None:
+    import json
+
+    from conftest import base_config
+    from ray_ltx.data import cache as cache_lib
+    from ray_ltx.data.pipeline import ensure_cache, preprocess
+    from ray_ltx.errors import CacheError
+
+    cache = tmp_path / "cache"
+    config = base_config(tiny_model, sample_data, tmp_path / "out", cache_dir=str(cache),
+                         video_resolution_buckets=["9x64x96"])
+    manifest = preprocess(config)
+    shard = cache / manifest.shards[0].path
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a torn copy
+    without_data = base_config(tiny_model, None, tmp_path / "out", cache_dir=str(cache),
+                               video_resolution_buckets=["9x64x96"])
+    with pytest.raises(CacheError, match="1 damaged or missing shard"):
+        ensure_cache(without_data)
+    again = preprocess(config)  # the damaged shard is passed over and its samples encoded again
+    assert again.num_samples == manifest.num_samples
+    assert again.stats["encoded"] == sum(sid is not None for sid in manifest.shards[0].sample_ids)
+    ensure_cache(without_data)
+
+    data = json.loads((cache / cache_lib.MANIFEST).read_text())
+    del data["shards"]
+    (cache / cache_lib.MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(CacheError, match="manifest is damaged.*--rebuild_cache"):
+        ensure_cache(without_data)
+    rebuilt = preprocess(base_config(tiny_model, sample_data, tmp_path / "out", cache_dir=str(cache),
+                                     video_resolution_buckets=["9x64x96"], rebuild_cache=True))
+    assert rebuilt.num_samples == manifest.num_samples
+
+
+def test_a_damaged_checkpoint_is_passed_over_for_the_one_before(make_config) -> None:
+    config = make_config(train_steps=4, checkpointing_steps=2)
+    train(config)
+    run = Path(config.output_dir) / "ray" / "train"
+    weights = run / "checkpoint_00000004" / "trainable.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[8:24] = b"\xff" * 16  # same size, unreadable header
+    weights.write_bytes(bytes(data))
+    listing = run / "checkpoint_00000002" / "complete-rank0.json"
+    kept = listing.read_text()
+    listing.write_text(kept[: len(kept) // 2])  # a torn listing is never a traceback
+    assert latest_checkpoint(str(run))[1].step == 4  # the torn listing of checkpoint 2 is passed over, quietly
+    listing.write_text(kept)
+    resume = make_config(train_steps=6, checkpointing_steps=2, resume_from_checkpoint="latest", max_failures=2)
+    with pytest.raises(CheckpointError, match="checkpoint_00000004 did not load.*marked damaged.*checkpoint_00000002"):
+        train(resume)
+    assert latest_checkpoint(str(run))[1].step == 2
+    result = train(resume)
+    assert result.steps == 6

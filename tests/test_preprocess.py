@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from conftest import base_config
+from ray_ltx.buckets import Bucket, assign_bucket
 from ray_ltx.data import cache as cache_lib
-from ray_ltx.data.buckets import Bucket, assign_bucket
 from ray_ltx.data.pipeline import encoder_layout, ensure_cache, preprocess
-from ray_ltx.data.samples import moving_shape_frames, write_image, write_video
+from ray_ltx.data.samples import moving_shape_frames
 from ray_ltx.data.video import decode_frames, probe, sample_frame_indices
 from ray_ltx.errors import CacheError, DatasetError
+from ray_ltx.media import write_image, write_video
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

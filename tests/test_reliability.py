@@ -20,7 +20,8 @@ from conftest import MlflowServer, base_config
 from ray_ltx.data.cache import LatentCache
 from ray_ltx.data.pipeline import preprocess
 from ray_ltx.errors import CheckpointError, OutputDirError
-from ray_ltx.train.driver import latest_checkpoint, train
+from ray_ltx.train.checkpoint import latest_checkpoint
+from ray_ltx.train.driver import train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 REPO = Path(__file__).resolve().parents[1]
@@ -57,10 +58,9 @@ def test_crash_while_writing_a_checkpoint_never_uses_it(make_config, tmp_path: P
                                mlflow_tracking_uri=uri))
     assert result.steps == 6
     losses = _losses(uri, result.mlflow_run_id)
-    # Steps 3-4 ran twice: the restart resumed from checkpoint 2, not from the broken checkpoint 4;
-    # the replay is exact (same data and noise per step), so the curve continues rather than resets.
-    assert len(losses[3]) == 2 and len(losses[4]) == 2 and len(losses[1]) == 1
-    assert losses[3][0] == pytest.approx(losses[3][1], rel=1e-4)
+    # Steps 3-4 ran twice (the restart resumed from checkpoint 2, not from the broken checkpoint 4), and the
+    # run's loss curve holds each step once: the replayed steps were already logged before the crash.
+    assert sorted(losses) == list(range(1, 7)) and {len(values) for values in losses.values()} == {1}
 
 
 def test_incomplete_checkpoint_is_passed_over(make_config) -> None:

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +31,10 @@ import torch
 from ray_ltx import __version__, storage
 from ray_ltx.config import Config
 from ray_ltx.errors import CacheError
+from ray_ltx.redaction import redact
+
+if TYPE_CHECKING:
+    from ray_ltx.model.family import ModelFamily
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -53,6 +57,9 @@ SHARD_SCHEMA = pa.schema(
         ("prompt_embeds_dtype", pa.string()),
         ("prompt_attention_mask", pa.binary()),
         ("caption_truncated", pa.bool_()),
+        # The model family's per-sample tensors beyond latents and prompt (LTX-2's audio latents), as safetensors
+        # bytes; empty or absent (caches of earlier ray-ltx) when it has none.
+        ("extras", pa.binary()),
     ]
 )
 
@@ -70,16 +77,28 @@ def tensor_from_bytes(data: bytes, shape: Sequence[int], dtype: str) -> torch.Te
     return flat.view(getattr(torch, dtype)).reshape(tuple(shape))
 
 
+def extras_to_bytes(extras: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.detach().contiguous().cpu() for k, v in extras.items()}) if extras else b""
+
+
+def extras_from_bytes(data: bytes | None) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    return load(data) if data else {}
+
+
 # -- the fingerprint: what a cache was made for --------------------------------------------------
 
 
-def fingerprint(config: Config, model: dict[str, Any]) -> dict[str, Any]:
+def fingerprint(config: Config, family: ModelFamily) -> dict[str, Any]:
     """What a cache was made for: the model family's facts (version, VAE and text-encoder configs) and the
     preprocessing settings."""
     data = config.data
     return {
         "format_version": FORMAT_VERSION,
-        **model,
+        **family.fingerprint(),
         "model": storage.absolute(config.model.pretrained_model_name_or_path)
         if storage.exists(config.model.pretrained_model_name_or_path)
         else config.model.pretrained_model_name_or_path,
@@ -87,8 +106,9 @@ def fingerprint(config: Config, model: dict[str, Any]) -> dict[str, Any]:
         "vae_dtype": config.model.vae_dtype,
         "text_encoder_dtype": config.model.text_encoder_dtype,
         "id_token": data.id_token,
-        "max_sequence_length": data.max_sequence_length,
+        "max_sequence_length": family.max_sequence_length(),
         "frame_sampling": [data.frame_sampling, data.sample_fps, data.frame_stride],
+        **({"audio": data.audio} if data.audio != "off" else {}),
     }
 
 
@@ -127,6 +147,7 @@ class ShardInfo:
     bucket: str
     sample_ids: list[str | None]
     truncated: int = 0
+    size: int | None = None  # bytes as written (None in caches of earlier ray-ltx versions)
 
 
 def write_shard(cache_dir: str, bucket: str, rows: list[dict[str, Any]], digest: str, latent_spec: str) -> ShardInfo:
@@ -140,8 +161,10 @@ def write_shard(cache_dir: str, bucket: str, rows: list[dict[str, Any]], digest:
     buffer = io.BytesIO()
     pq.write_table(table, buffer, row_group_size=1, compression="zstd")
     rel = f"{SHARDS}/{bucket}/{rows[0]['sample_id']}-{uuid.uuid4().hex[:8]}.parquet"
-    storage.write_bytes(storage.join(cache_dir, rel), buffer.getvalue())
-    return ShardInfo(rel, bucket, [row["sample_id"] for row in rows], sum(bool(r["caption_truncated"]) for r in rows))
+    data = buffer.getvalue()
+    storage.write_bytes(storage.join(cache_dir, rel), data)
+    return ShardInfo(rel, bucket, [row["sample_id"] for row in rows], sum(bool(r["caption_truncated"]) for r in rows),
+                     len(data))
 
 
 @dataclass
@@ -155,6 +178,7 @@ def read_shard_header(cache_dir: str, rel: str) -> ShardHeader:
     """A shard's fingerprint, latent spec and sample ids, reading only metadata and two small columns."""
     fs, inner = storage.filesystem(storage.join(cache_dir, rel))
     with fs.open_input_file(inner) as handle:
+        size = handle.size()
         parquet = pq.ParquetFile(handle)
         metadata = parquet.schema_arrow.metadata or {}
         table = parquet.read(columns=["sample_id", "bucket", "caption_truncated"])
@@ -165,7 +189,7 @@ def read_shard_header(cache_dir: str, rel: str) -> ShardHeader:
     return ShardHeader(
         digest.decode() if digest else None,
         spec.decode() if spec else None,
-        ShardInfo(rel, buckets[0] if buckets else "", ids, truncated),
+        ShardInfo(rel, buckets[0] if buckets else "", ids, truncated, size),
     )
 
 
@@ -230,7 +254,8 @@ class Manifest:
             "truncated_captions": self.truncated_captions,
             "stats": self.stats,
             "shards": [
-                {"path": s.path, "bucket": s.bucket, "sample_ids": s.sample_ids, "truncated": s.truncated}
+                {"path": s.path, "bucket": s.bucket, "sample_ids": s.sample_ids, "truncated": s.truncated,
+                 "size": s.size}
                 for s in self.shards
             ],
             "skipped": self.skipped,
@@ -244,14 +269,22 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        if data.get("format_version") != FORMAT_VERSION:
-            raise CacheError(f"cache format {data.get('format_version')} is not {FORMAT_VERSION}: rebuild the cache "
-                             "with --rebuild_cache")
+        if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+            found = data.get("format_version") if isinstance(data, dict) else type(data).__name__
+            raise CacheError(f"cache format {found} is not {FORMAT_VERSION}: rebuild the cache with --rebuild_cache")
+        try:
+            return cls._from_dict(data)
+        except (KeyError, TypeError, ValueError) as error:
+            raise CacheError(f"the cache manifest is damaged ({type(error).__name__}: {error} missing or malformed); "
+                             "rebuild the cache with --rebuild_cache (complete shards are checked and reused)") from None
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any]) -> Manifest:
         return cls(
             fingerprint=data["fingerprint"],
             latent_spec=data["latent_spec"],
             buckets=data["buckets"],
-            shards=[ShardInfo(s["path"], s["bucket"], list(s["sample_ids"]), s.get("truncated", 0))
+            shards=[ShardInfo(s["path"], s["bucket"], list(s["sample_ids"]), s.get("truncated", 0), s.get("size"))
                     for s in data["shards"]],
             skipped=data.get("skipped", []),
             layout=data.get("layout", ""),
@@ -267,7 +300,7 @@ def read_manifest(cache_dir: str) -> Manifest | None:
     try:
         data = json.loads(storage.read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CacheError(f"{path}: not a valid manifest ({error}); rebuild the cache with --rebuild_cache") from None
+        raise CacheError(f"{redact(path)}: not a valid manifest ({error}); rebuild the cache with --rebuild_cache") from None
     return Manifest.from_dict(data)
 
 
@@ -299,6 +332,7 @@ def row_to_tensors(row: dict[str, Any]) -> dict[str, torch.Tensor]:
         "prompt_embeds": tensor_from_bytes(row["prompt_embeds"], row["prompt_embeds_shape"],
                                            row["prompt_embeds_dtype"]),
         "prompt_attention_mask": torch.from_numpy(mask.copy()),
+        "extras": extras_from_bytes(row.get("extras")),
     }
 
 
@@ -315,6 +349,17 @@ def read_samples(cache_dir: str, refs: Sequence[tuple[str, int]]) -> list[dict[s
             rows = pq.ParquetFile(handle).read_row_groups(ordered).to_pylist()
         loaded.update({(shard, index): row for index, row in zip(ordered, rows, strict=True)})
     return [loaded[ref] for ref in refs]
+
+
+def damaged_shards(cache_dir: str, manifest: Manifest) -> list[str]:
+    """Shards of the manifest that are missing or not the size they were written with."""
+    import pyarrow.fs as pafs
+
+    fs, inner = storage.filesystem(storage.join(cache_dir, SHARDS))
+    base = inner.rstrip("/")
+    infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True, allow_not_found=True))
+    sizes = {f"{SHARDS}/{info.path[len(base) + 1:]}": info.size for info in infos if info.type == pafs.FileType.File}
+    return [s.path for s in manifest.shards if s.path not in sizes or (s.size is not None and sizes[s.path] != s.size)]
 
 
 class LatentCache:
@@ -334,7 +379,7 @@ class LatentCache:
     def open(cls, cache_dir: str) -> LatentCache:
         manifest = read_manifest(cache_dir)
         if manifest is None:
-            raise CacheError(f"no complete latent cache in {cache_dir}: run `ray-ltx preprocess` first")
+            raise CacheError(f"no complete latent cache in {redact(cache_dir)}: run `ray-ltx preprocess` first")
         return cls(cache_dir, manifest)
 
     def sample_ids(self, bucket: str | None = None) -> list[str]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ray_ltx.config import Config
-from ray_ltx.data.cache import tensor_to_bytes
+from ray_ltx.data.cache import extras_to_bytes, tensor_to_bytes
 from ray_ltx.model.family import family_for
 
 #: Row statuses flowing through the pipeline.
@@ -31,18 +31,26 @@ def _device() -> torch.device:
 
 
 class VaeEncoder:
-    """Clips (uint8 frames) -> raw VAE latents (the posterior mean), grouped by bucket shape."""
+    """Clips (uint8 frames) -> raw VAE latents (the posterior mean), grouped by bucket shape; with ``--audio``,
+    their audio -> the family's extras (LTX-2's audio latents)."""
 
     def __init__(self, config: dict[str, Any]):
         self.config = Config.from_dict(config)
         self.device = _device()
-        self.encoder = family_for(self.config).video_encoder(self.device)
+        family = family_for(self.config)
+        self.encoder = family.video_encoder(self.device)
+        self.audio = family.audio_encoder(self.device) if self.config.data.audio != "off" else None
         self.batch_size = self.config.data.encode_batch_size
         self.spec = json.dumps(self.encoder.latent_spec.to_dict())
 
     def encode(self, frames: np.ndarray) -> torch.Tensor:
         """(B, F, H, W, 3) uint8 -> (B, C, F', H', W') latents in the VAE dtype."""
         return self.encoder.encode(torch.from_numpy(frames))
+
+    def encode_audio(self, audio: bytes, shape: list[int], num_frames: int) -> dict[str, torch.Tensor]:
+        """A clip's decoded audio (float32 bytes; empty: the clip has none) -> the family's extras."""
+        waveform = torch.from_numpy(np.frombuffer(audio, np.float32).reshape(shape).copy()) if audio else None
+        return self.audio.encode(waveform, num_frames, self.config.diffusion.frame_rate)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         n = len(batch["sample_id"])
@@ -60,8 +68,15 @@ class VaeEncoder:
                 encoded = self.encode(np.stack(clips))
                 for k, i in enumerate(chunk):
                     latents[i], shapes[i], dtypes[i] = tensor_to_bytes(encoded[k])
-        out = {key: value for key, value in batch.items() if key not in ("frames", "frames_shape")}
-        out.update(latents=latents, latents_shape=shapes, latents_dtype=dtypes, latent_spec=[self.spec] * n)
+        extras = [b""] * n
+        if self.audio is not None:
+            for indices in groups.values():
+                for i in indices:
+                    extras[i] = extras_to_bytes(self.encode_audio(batch["audio"][i], batch["audio_shape"][i],
+                                                                  int(batch["frames_shape"][i][0])))
+        out = {key: value for key, value in batch.items() if key not in ("frames", "frames_shape", "audio", "audio_shape")}
+        out.update(latents=latents, latents_shape=shapes, latents_dtype=dtypes, latent_spec=[self.spec] * n,
+                   extras=extras)
         return out
 
 
@@ -71,8 +86,9 @@ class PromptEncoder:
     def __init__(self, config: dict[str, Any]):
         self.config = Config.from_dict(config)
         self.device = _device()
-        self.encoder = family_for(self.config).prompt_encoder(self.device)
-        self.max_length = self.config.data.max_sequence_length
+        family = family_for(self.config)
+        self.encoder = family.prompt_encoder(self.device)
+        self.max_length = family.max_sequence_length()
         self.batch_size = 4 * self.config.data.encode_batch_size
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:

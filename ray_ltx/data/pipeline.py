@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from ray_ltx import storage
+from ray_ltx import faults, locks, storage
+from ray_ltx.buckets import Bucket, assign_bucket
 from ray_ltx.config import Config
 from ray_ltx.data import cache as cache_lib
-from ray_ltx.data.buckets import Bucket, assign_bucket
 from ray_ltx.data.encode import OK, PROMPT_ONLY, PromptEncoder, VaeEncoder
 from ray_ltx.data.sources import Record, Skip, dataset_given, dataset_name, read_records
 from ray_ltx.errors import CacheError, DatasetError, StorageFullError, is_disk_full
-from ray_ltx.train import faults
+from ray_ltx.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,12 @@ def _open_media(path: str):
 
 def decode_one(row: dict[str, Any], buckets: list[Bucket], data: dict[str, Any]) -> dict[str, Any]:
     """Probe, bucket, sample and decode one clip; a clip that cannot be used becomes a skip row."""
+    from ray_ltx.data.audio import AudioError, decode_audio
     from ray_ltx.data.video import MediaError, decode_frames, probe, sample_frame_indices
 
-    # Frames travel as raw bytes + shape: Arrow's ragged tensor columns do not survive every block merge.
-    out = {**row, "bucket": "", "status": OK, "detail": "", "frames": b"", "frames_shape": [0, 0, 0, 3]}
+    # Frames and audio travel as raw bytes + shape: Arrow's ragged tensor columns do not survive every block merge.
+    out = {**row, "bucket": "", "status": OK, "detail": "", "frames": b"", "frames_shape": [0, 0, 0, 3], "audio": b"",
+           "audio_shape": [0, 0]}
     if row["status"] == PROMPT_ONLY:
         return {**out, "status": PROMPT_ONLY}
     source = None
@@ -75,11 +77,22 @@ def decode_one(row: dict[str, Any], buckets: list[Bucket], data: dict[str, Any])
             return {**out, "status": reason, "detail": detail}
         indices = sample_frame_indices(info.num_frames, bucket.frames, info.fps, mode=data["frame_sampling"],
                                        sample_fps=data["sample_fps"], stride=data["frame_stride"])
+        if data["audio"] != "off":  # the audio of the sampled frames' span, before the costlier video decode
+            if hasattr(source, "seek"):
+                source.seek(0)
+            waveform = None if info.is_image else decode_audio(
+                source, indices[0] / info.fps, bucket.frames / data["sample_fps"], data["audio_sample_rate"],
+                row["rel_path"])
+            if waveform is None and data["audio"] == "required":
+                return {**out, "status": "no_audio", "detail": f"{row['rel_path']}: no audio track (--audio required "
+                        "skips it; --audio on trains it video-only)"}
+            if waveform is not None:
+                out.update(audio=waveform.tobytes(), audio_shape=list(waveform.shape))
         if hasattr(source, "seek"):
             source.seek(0)
         frames = decode_frames(source, indices, bucket.height, bucket.width)
         return {**out, "bucket": str(bucket), "frames": frames.tobytes(), "frames_shape": list(frames.shape)}
-    except MediaError as error:
+    except (MediaError, AudioError) as error:
         return {**out, "status": error.reason, "detail": str(error)}
     except ValueError as error:  # sampling: e.g. too short at the requested fps/stride
         return {**out, "status": "too_short", "detail": f"{row['rel_path']}: {error}"}
@@ -103,7 +116,7 @@ def decode_clips(batch: dict[str, Any], buckets: list[str], data: dict[str, Any]
 
 # -- stage 4: write shards (tasks) ---------------------------------------------------------------
 
-RESULT_KEYS = ("kind", "path", "bucket", "sample_ids", "reason", "detail", "truncated", "latent_spec")
+RESULT_KEYS = ("kind", "path", "bucket", "sample_ids", "reason", "detail", "truncated", "latent_spec", "size")
 
 
 def write_shards(batch: dict[str, Any], cache_dir: str, digest: str, fault: str | None = None) -> dict[str, list[Any]]:
@@ -141,14 +154,39 @@ def write_shards(batch: dict[str, Any], cache_dir: str, digest: str, fault: str 
         info = cache_lib.write_shard(cache_dir, bucket, rows, digest, spec)
         results.append({"kind": "shard", "path": info.path, "bucket": bucket,
                         "sample_ids": json.dumps(info.sample_ids), "truncated": info.truncated,
-                        "latent_spec": spec})
+                        "latent_spec": spec, "size": info.size})
     defaults = {"path": "", "bucket": "", "sample_ids": "[]", "reason": "", "detail": "", "truncated": 0,
-                "latent_spec": ""}
+                "latent_spec": "", "size": 0}
     rows = [{**defaults, **r} for r in results] or [{**defaults, "kind": "none"}]
     return {key: [row[key] for row in rows] for key in RESULT_KEYS}
 
 
 # -- the driver ----------------------------------------------------------------------------------
+
+
+def _read_manifest_or_rebuild(config: Config, cache_dir: str) -> cache_lib.Manifest | None:
+    """The cache's manifest; a damaged one is an error that says how to recover, or with --rebuild_cache, nothing."""
+    try:
+        return cache_lib.read_manifest(cache_dir)
+    except CacheError as error:
+        if not config.data.rebuild_cache:
+            raise
+        log.warning("%s: rebuilding the cache", error)
+        return None
+
+
+def _readable_shards(cache_dir: str) -> list[cache_lib.ShardHeader]:
+    """Headers of the shards on storage; a damaged shard (truncated, foreign) is deleted with a warning so its
+    samples are encoded again (shards are written whole, so a damaged one is nobody's good data)."""
+    headers = []
+    for rel in cache_lib.existing_shards(cache_dir):
+        try:
+            headers.append(cache_lib.read_shard_header(cache_dir, rel))
+        except Exception as error:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...: all mean damaged
+            log.warning("passing over the damaged cache shard %s (%s: %s); its samples are encoded again",
+                        redact(storage.join(cache_dir, rel)), type(error).__name__, error)
+            storage.delete_file(storage.join(cache_dir, rel))
+    return headers
 
 
 def _check_fingerprint(config: Config, cache_dir: str, fp: dict[str, Any], existing: cache_lib.Manifest | None,
@@ -163,16 +201,14 @@ def _check_fingerprint(config: Config, cache_dir: str, fp: dict[str, Any], exist
         return
     if not config.data.rebuild_cache:
         raise CacheError(
-            f"the latent cache in {cache_dir} was built for something else:\n  " + "\n  ".join(problems)
+            f"the latent cache in {redact(cache_dir)} was built for something else:\n  " + "\n  ".join(problems)
             + "\nPass --rebuild_cache to rebuild it, or --cache_dir to use another location"
         )
-    log.warning("rebuilding the latent cache in %s (%s)", cache_dir, "; ".join(problems))
+    log.warning("rebuilding the latent cache in %s (%s)", redact(cache_dir), "; ".join(problems))
+    # Only the cache's own names: a --cache_dir that also holds other files keeps them.
     storage.delete_dir(storage.join(cache_dir, cache_lib.SHARDS))
     for name in (cache_lib.MANIFEST, cache_lib.EMPTY_PROMPT):
-        path = storage.join(cache_dir, name)
-        if storage.is_file(path):
-            fs, inner = storage.filesystem(path)
-            fs.delete_file(inner)
+        storage.delete_file(storage.join(cache_dir, name))
     headers.clear()
 
 
@@ -189,7 +225,8 @@ def _reuse(records: list[Record], headers: list[cache_lib.ShardHeader]) -> tuple
             if keep:
                 seen.add(sid)
         if any(ids):
-            shards.append(cache_lib.ShardInfo(header.info.path, header.info.bucket, ids, header.info.truncated))
+            shards.append(cache_lib.ShardInfo(header.info.path, header.info.bucket, ids, header.info.truncated,
+                                              header.info.size))
     return shards, seen
 
 
@@ -212,7 +249,8 @@ def encoder_layout(actors: int | None, gpus_per_actor: float | None, cluster_gpu
     return gpus_per_actor, actors
 
 
-def _ray_data_stream(config: Config, rows: list[dict[str, Any]], cache_dir: str, digest: str):
+def _ray_data_stream(config: Config, rows: list[dict[str, Any]], cache_dir: str, digest: str,
+                     audio_sample_rate: int | None):
     import ray
 
     from ray_ltx.cluster import cluster_gpus
@@ -226,7 +264,8 @@ def _ray_data_stream(config: Config, rows: list[dict[str, Any]], cache_dir: str,
         decode_clips, batch_size=1, num_cpus=data.decode_cpus,
         fn_kwargs={"buckets": [str(b) for b in data.video_resolution_buckets],
                    "data": {"frame_sampling": data.frame_sampling, "sample_fps": data.sample_fps,
-                            "frame_stride": data.frame_stride}},
+                            "frame_stride": data.frame_stride, "audio": data.audio,
+                            "audio_sample_rate": audio_sample_rate}},
     )
     actor_kwargs: dict[str, Any] = {"num_gpus": gpus} if gpus else {"num_cpus": 1}
     ds = ds.map_batches(VaeEncoder, batch_size=data.encode_batch_size, fn_constructor_kwargs={"config": config_dict},
@@ -240,41 +279,50 @@ def _ray_data_stream(config: Config, rows: list[dict[str, Any]], cache_dir: str,
     return ds
 
 
-def _encoded_batches(config: Config, rows: list[dict[str, Any]], cache_dir: str, digest: str):
+def _encoded_batches(config: Config, rows: list[dict[str, Any]], cache_dir: str, digest: str,
+                     audio_sample_rate: int | None):
     """The result rows of the stream; a full disk becomes a StorageFullError that says what to do."""
     try:
-        yield from _ray_data_stream(config, rows, cache_dir, digest).iter_batches(batch_size=None)
+        yield from _ray_data_stream(config, rows, cache_dir, digest, audio_sample_rate).iter_batches(batch_size=None)
     except Exception as error:
         if is_disk_full(error):
             raise StorageFullError(
-                f"no space left while writing the latent cache to {cache_dir}. Free space there or pass --cache_dir "
+                f"no space left while writing the latent cache to {redact(cache_dir)}. Free space there or pass --cache_dir "
                 "on a larger volume, then rerun: complete shards are kept and only the rest is encoded (no manifest "
                 "was written, so nothing reads the incomplete cache)") from None
         raise
 
 
 def preprocess(config: Config) -> cache_lib.Manifest:
-    """Build (or complete) the latent cache for ``config`` and return its manifest."""
+    """Build (or complete) the latent cache for ``config`` and return its manifest.
+
+    Holds the cache's lock meanwhile: a second preprocessing of the same cache stops with an error naming this one.
+    """
+    config = config.resolved()
+    with locks.exclusive(config.cache_dir, "cache", CacheError):
+        return _preprocess(config)
+
+
+def _preprocess(config: Config) -> cache_lib.Manifest:
     from ray_ltx.cluster import init_ray
     from ray_ltx.model.family import family_for
 
     started = time.monotonic()
-    config = config.resolved()
     cache_dir = config.cache_dir
     records, listing_skips, layout = read_records(config)
     family = family_for(config)
     family.check_training()
-    fp = cache_lib.fingerprint(config, family.fingerprint())
+    fp = cache_lib.fingerprint(config, family)
     digest = cache_lib.fingerprint_digest(fp)
-    existing = cache_lib.read_manifest(cache_dir)
-    headers = [cache_lib.read_shard_header(cache_dir, rel) for rel in cache_lib.existing_shards(cache_dir)]
+    existing = _read_manifest_or_rebuild(config, cache_dir)
+    headers = _readable_shards(cache_dir)
     _check_fingerprint(config, cache_dir, fp, existing, headers, digest)
     shards, done = _reuse(records, headers)
     spec = next((h.latent_spec for h in headers if h.latent_spec), None)
     todo = [r for r in records if r.sample_id not in done]
     need_empty = not storage.is_file(storage.join(cache_dir, cache_lib.EMPTY_PROMPT))
     log.info("preprocess: %d clips listed (%s layout) in %s; %d already cached, %d to encode; cache: %s",
-             len(records), layout, dataset_name(config), len(done), len(todo), cache_dir)
+             len(records), layout, redact(dataset_name(config)), len(done), len(todo), redact(cache_dir))
 
     skipped = [s.to_row() for s in listing_skips]
     encoded = 0
@@ -291,12 +339,13 @@ def preprocess(config: Config) -> cache_lib.Manifest:
         # One progress display (a bar on a terminal, lines with an ETA in logs) instead of Ray Data's operator dumps.
         ray.data.DataContext.get_current().enable_progress_bars = False
         progress = Progress(len(todo), "preprocess: clip", "clips", logger=log, every_s=PROGRESS_SECONDS)
-        for batch in _encoded_batches(config, rows, cache_dir, digest):
+        audio_rate = family.audio_sample_rate() if config.data.audio != "off" else None
+        for batch in _encoded_batches(config, rows, cache_dir, digest, audio_rate):
             for i, kind in enumerate(batch["kind"]):
                 if kind == "shard":
                     ids = json.loads(batch["sample_ids"][i])
                     shards.append(cache_lib.ShardInfo(batch["path"][i], batch["bucket"][i], ids,
-                                                      int(batch["truncated"][i])))
+                                                      int(batch["truncated"][i]), int(batch["size"][i])))
                     spec = spec or batch["latent_spec"][i]
                     encoded += len(ids)
                 elif kind == "skip":
@@ -332,7 +381,7 @@ def _dedupe(shards: list[cache_lib.ShardInfo]) -> list[cache_lib.ShardInfo]:
             if sid is not None:
                 seen.add(sid)
         if any(ids):
-            out.append(cache_lib.ShardInfo(shard.path, shard.bucket, ids, shard.truncated))
+            out.append(cache_lib.ShardInfo(shard.path, shard.bucket, ids, shard.truncated, shard.size))
     return out
 
 
@@ -341,14 +390,14 @@ def _nothing_survived(config: Config, manifest: cache_lib.Manifest) -> str:
     examples = "\n  ".join(s["detail"] for s in manifest.skipped[:5])
     buckets = " ".join(manifest.buckets)
     return (
-        f"no usable sample in {dataset_name(config)}: every input was skipped ({reasons}).\n  {examples}\n"
+        f"no usable sample in {redact(dataset_name(config))}: every input was skipped ({reasons}).\n  {examples}\n"
         f"Buckets: {buckets}. Check the paths and captions, or add buckets the clips can fill "
         "(a clip needs at least a bucket's frame count)."
     )
 
 
 def format_summary(manifest: cache_lib.Manifest, cache_dir: str) -> str:
-    lines = [f"Latent cache: {cache_dir}", f"  samples: {manifest.num_samples} "
+    lines = [f"Latent cache: {redact(cache_dir)}", f"  samples: {manifest.num_samples} "
              f"(encoded now: {manifest.stats.get('encoded', 0)}, reused: {manifest.stats.get('reused', 0)})"]
     lines.append("  per bucket: " + ", ".join(f"{b}: {n}" for b, n in manifest.counts_per_bucket().items()))
     if manifest.skipped:
@@ -370,14 +419,19 @@ def ensure_cache(config: Config) -> cache_lib.LatentCache:
         preprocess(config)
         return cache_lib.LatentCache.open(cache_dir)
     latent_cache = cache_lib.LatentCache.open(cache_dir)
-    fp = cache_lib.fingerprint(config, family_for(config).fingerprint())
+    damaged = cache_lib.damaged_shards(cache_dir, latent_cache.manifest)
+    if damaged:
+        raise CacheError(
+            f"the latent cache in {redact(cache_dir)} has {len(damaged)} damaged or missing shard(s) (e.g. {damaged[0]}): "
+            "run `ray-ltx preprocess` (or train) with --data_root to encode those samples again; the rest is reused")
+    fp = cache_lib.fingerprint(config, family_for(config))
     problems = cache_lib.describe_mismatch(fp, latent_cache.manifest.fingerprint)
     wanted = {str(b) for b in config.data.video_resolution_buckets}
     if not wanted & set(latent_cache.manifest.buckets):
         problems.append(f"buckets: cache has {latent_cache.manifest.buckets}, config wants {sorted(wanted)}")
     if problems:
         raise CacheError(
-            f"the latent cache in {cache_dir} was built for something else:\n  " + "\n  ".join(problems)
+            f"the latent cache in {redact(cache_dir)} was built for something else:\n  " + "\n  ".join(problems)
             + "\nPass --data_root (with --rebuild_cache) to rebuild it, or --cache_dir to use another cache"
         )
     return latent_cache

@@ -8,35 +8,16 @@ and are simple enough for a caption to describe exactly.
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
-import av
 import numpy as np
-from PIL import Image
+
+from ray_ltx.media import atomic_path, write_video
 
 Shape = Literal["circle", "square", "triangle"]
 Direction = Literal["left", "right", "up", "down", "diagonal"]
 RGB = tuple[int, int, int]
-
-# Candidate encoders per extension, best first, with options that favour speed at high quality;
-# the first one this PyAV build can encode with is used.
-_ENCODERS: dict[str, tuple[tuple[str, dict[str, str]], ...]] = {
-    ".mp4": (("libx264", {"crf": "18", "preset": "veryfast"}), ("h264", {"b": "4M"}), ("mpeg4", {"b": "4M"})),
-    ".mov": (("libx264", {"crf": "18", "preset": "veryfast"}), ("h264", {"b": "4M"}), ("mpeg4", {"b": "4M"})),
-    ".webm": (
-        ("libvpx-vp9", {"crf": "20", "b": "0", "deadline": "realtime", "cpu-used": "8"}),
-        ("libvpx", {"crf": "8", "b": "4M", "deadline": "realtime", "cpu-used": "8"}),
-    ),
-    ".gif": (("gif", {}),),
-}
-# The index goes in front, as on the web: readers need not seek to the end, and a file cut short
-# still says how many frames it should have had.
-_CONTAINER_OPTIONS = {".mp4": {"movflags": "+faststart"}, ".mov": {"movflags": "+faststart"}}
 
 _SAMPLE_SIZES = ((96, 128), (128, 96), (96, 96), (128, 192))  # landscape, portrait, square, wide
 _SAMPLE_SHAPES: tuple[Shape, ...] = ("circle", "square", "triangle")
@@ -124,50 +105,14 @@ def _triangle(dx: np.ndarray, dy: np.ndarray, radius: float) -> np.ndarray:
     return radius / 2 - outward
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 24) -> Path:
-    """Encode ``(F, H, W, 3)`` uint8 RGB frames to ``path``, choosing the codec by its extension.
-
-    ``.mp4``/``.mov`` get H.264 (MPEG-4 part 2 where the PyAV build lacks an H.264 encoder),
-    ``.webm`` VP9 (else VP8), ``.gif`` a per-frame palette. All but gif store yuv420p, which needs
-    an even height and width. GIF stores delays in hundredths of a second, so 24 fps is read back
-    as about 24 or 25. The file appears under its name only once complete.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in _ENCODERS:
-        raise ValueError(f"cannot write {path.name}: use one of {', '.join(_ENCODERS)}")
-    frames = _check_frames(frames)
-    _, height, width, _ = frames.shape
-    codec, options = _first_encoder(suffix)
-    is_gif = codec == "gif"
-    if not is_gif and (height % 2 or width % 2):
-        raise ValueError(f"{codec} stores yuv420p, which needs even sides; got {height}x{width}, crop a pixel")
-    with _atomic(path) as temporary, av.open(
-        str(temporary), "w", container_options=_CONTAINER_OPTIONS.get(suffix, {})
-    ) as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options=options)
-        stream.width, stream.height = width, height
-        stream.pix_fmt = "pal8" if is_gif else "yuv420p"
-        for array in frames:
-            frame = _palette_frame(array) if is_gif else av.VideoFrame.from_ndarray(array, format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return path
-
-
-def write_image(path: str | os.PathLike, frame: np.ndarray) -> Path:
-    """Save one ``(H, W, 3)`` uint8 RGB frame as an image (format by extension, JPEG at quality 95)."""
-    path = Path(path)
-    frame = np.asarray(frame)
-    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 frame, got {frame.shape} {frame.dtype}")
-    with _atomic(path) as temporary:
-        Image.fromarray(frame).save(temporary, quality=95)
-    return path
+def tone(seconds: float, hz: float = 440.0, sample_rate: int = 16000) -> np.ndarray:
+    """A (1, samples) float32 sine tone at a third of full scale."""
+    t = np.arange(round(seconds * sample_rate)) / sample_rate
+    return (np.sin(2 * np.pi * hz * t) / 3).astype(np.float32)[None]
 
 
 def write_sample_dataset(
-    out_dir: str | os.PathLike, *, num_clips: int = 8, seed: int = 0, id_token: str | None = None
+    out_dir: str | os.PathLike, *, num_clips: int = 8, seed: int = 0, id_token: str | None = None, audio: bool = False
 ) -> Path:
     """Write a small finetrainers-layout dataset of captioned clips to ``out_dir`` and return it.
 
@@ -175,7 +120,8 @@ def write_sample_dataset(
     cropable to 64x96 buckets), the first 49 frames long and the rest alternating between 9-16
     and 17-32 frames, so every common bucket length has clips; ``prompts.txt`` holds one caption
     per line (prefixed with ``id_token`` when given) and ``videos.txt`` the matching paths,
-    relative to ``out_dir``. The same seed writes the same dataset.
+    relative to ``out_dir``. With ``audio`` every clip has a mono AAC track: a tone whose pitch rises with the clip's
+    index. The same seed writes the same dataset.
     """
     if num_clips < 1:
         raise ValueError(f"num_clips must be at least 1, got {num_clips}")
@@ -202,57 +148,15 @@ def write_sample_dataset(
             seed=int(rng.integers(2**31)),
         )
         relative = f"videos/{i:03d}_{shape}.mp4"
-        write_video(out_dir / relative, frames, fps=24)
+        write_video(out_dir / relative, frames, fps=24, audio=tone(num_frames / 24, 220.0 * (i + 1)) if audio else None)
         article = "An" if color_name[0] in "aeiou" else "A"
         motion = _SAMPLE_MOTIONS[direction]
         caption = f"{article} {color_name} {shape} {motion} across a plain {background_name} background."
         prompts.append(f"{id_token} {caption}" if id_token else caption)
         videos.append(relative)
     for name, lines in (("prompts.txt", prompts), ("videos.txt", videos)):
-        with _atomic(out_dir / name) as temporary:
+        with atomic_path(out_dir / name) as temporary:
             temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out_dir
 
 
-def _check_frames(frames: np.ndarray) -> np.ndarray:
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
-        raise ValueError(f"expected (F, H, W, 3) uint8 frames with F >= 1, got {frames.shape} {frames.dtype}")
-    return frames
-
-
-def _first_encoder(suffix: str) -> tuple[str, dict[str, str]]:
-    for name, options in _ENCODERS[suffix]:
-        try:
-            av.Codec(name, "w")
-        except av.codec.codec.UnknownCodecError:
-            continue
-        return name, options
-    names = ", ".join(name for name, _ in _ENCODERS[suffix])
-    raise RuntimeError(f"this PyAV build has none of the encoders for {suffix}: {names}")
-
-
-def _palette_frame(array: np.ndarray) -> av.VideoFrame:
-    """A pal8 frame with the frame's own palette: FFmpeg's rgb8 fallback would shift every colour."""
-    quantized = Image.fromarray(array).quantize(256)
-    palette = np.zeros((256, 4), dtype=np.uint8)
-    rgb = np.asarray(quantized.getpalette(), dtype=np.uint8).reshape(-1, 3)
-    palette[: len(rgb), 1:] = rgb
-    palette[:, 0] = 255  # PyAV takes the palette as ARGB: fully opaque
-    return av.VideoFrame.from_ndarray((np.asarray(quantized), palette), format="pal8")
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a hidden sibling of ``path`` that replaces it only once written without error.
-
-    A crash or a concurrent reader then never sees a half-written file under the real name. The
-    sibling keeps the extension, from which PyAV and PIL pick the format.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)

@@ -33,9 +33,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ray_ltx import storage
+from ray_ltx.buckets import Bucket
 from ray_ltx.config import Config, DataConfig
-from ray_ltx.data.buckets import Bucket
 from ray_ltx.errors import ConfigError, DatasetError
+from ray_ltx.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,17 @@ def dataset_name(config: Config) -> str:
 
 
 def read_records(config: Config) -> tuple[list[Record], list[Skip], str]:
+    """All records of the dataset, the entries skipped while listing it, and the layout used.
+
+    Its errors name files by their URIs, redacted: a data_root may carry credentials (s3://KEY:SECRET@...).
+    """
+    try:
+        return _read_records(config)
+    except DatasetError as error:
+        raise DatasetError(redact(str(error))) from None
+
+
+def _read_records(config: Config) -> tuple[list[Record], list[Skip], str]:
     """All records of the dataset, the entries skipped while listing it, and the layout used."""
     if config.data.dataset_config:
         if config.data.dataset_layout != "auto":

@@ -20,7 +20,7 @@ import av
 import numpy as np
 from PIL import Image, ImageOps
 
-from ray_ltx.data.buckets import Bucket
+from ray_ltx.buckets import Bucket
 
 #: A path, the file's bytes, or a binary file object (read from its current position, which is restored).
 MediaSource: TypeAlias = str | os.PathLike | bytes | BinaryIO

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ray_ltx.errors import ConfigError
+from ray_ltx.model.lora import DIFFUSERS_WEIGHTS
 
 if TYPE_CHECKING:
     from ray_ltx.config import Config
@@ -125,6 +126,15 @@ class CheckpointInfo:
         return "; ".join(found) or "nothing readable (no model_index.json, no transformer/config.json)"
 
 
+@dataclass
+class JointLatents:
+    """A latent stream denoised jointly with the video (LTX-2's audio): clean, normalised latents (B, ...) and which
+    samples have them (B,) bool; a sample without is fed pure noise and left out of the stream's loss."""
+
+    latents: torch.Tensor
+    present: torch.Tensor
+
+
 class PromptEncoder(ABC):
     """Captions -> prompt embeddings exactly as the family's pipeline encodes a prompt."""
 
@@ -142,6 +152,15 @@ class VideoEncoder(ABC):
         """(B, F, H, W, 3) uint8 on the encoder's device -> (B, C, F', H', W') latents."""
 
 
+class AudioEncoder(ABC):
+    """Decoded audio -> the family's per-sample extras (e.g. LTX-2's audio latents), cached with the clip."""
+
+    @abstractmethod
+    def encode(self, waveform: torch.Tensor | None, num_frames: int, frame_rate: float) -> dict[str, torch.Tensor]:
+        """(channels, samples) float at the family's sample rate, spanning ``num_frames`` frames at ``frame_rate``,
+        or None for a clip without audio -> tensors stored in the cache's ``extras``."""
+
+
 class ModelFamily(ABC):
     """One model family, bound to a run's configuration."""
 
@@ -151,6 +170,10 @@ class ModelFamily(ABC):
     frame_multiple: ClassVar[int] = 8
     side_multiple: ClassVar[int] = 32
     supports_first_frame_conditioning: ClassVar[bool] = False
+    #: Whether clips' audio tracks can be trained (``--audio on|required``).
+    supports_audio: ClassVar[bool] = False
+    #: Text tokens a prompt is padded to when ``--max_sequence_length`` is not given: the family's pipeline default.
+    default_max_sequence_length: ClassVar[int] = 128
     default_target_modules: ClassVar[tuple[str, ...]] = ()
     #: Prefix of the ComfyUI LoRA keys (``<prefix><module>.lora_A.weight``).
     comfyui_prefix: ClassVar[str] = "diffusion_model."
@@ -199,6 +222,26 @@ class ModelFamily(ABC):
         if self.config.training.first_frame_conditioning_p > 0 and not self.supports_first_frame_conditioning:
             raise ConfigError(f"--first_frame_conditioning_p: {self.describe()} has no image-to-video conditioning; "
                               "set it to 0")
+        if self.config.data.audio != "off" and not self.supports_audio:
+            raise ConfigError(f"--audio {self.config.data.audio}: {self.describe()} generates no audio; set --audio off "
+                              "(or train an audio-video model such as LTX-2)")
+
+    def max_sequence_length(self) -> int:
+        """Text tokens per prompt: ``--max_sequence_length``, else the family's pipeline default."""
+        return self.config.data.max_sequence_length or self.default_max_sequence_length
+
+    def audio_sample_rate(self) -> int | None:
+        """Sample rate clips' audio is resampled to for :meth:`audio_encoder`; None for a family without audio."""
+        return None
+
+    def audio_encoder(self, device: torch.device) -> AudioEncoder:
+        raise ConfigError(f"--audio {self.config.data.audio}: {self.describe()} has no audio encoder")
+
+    def frozen_modules(self) -> str | None:
+        """A regex of transformer module (and parameter) names that stay frozen whatever is trained (LoRA targets skip
+        them, full finetuning leaves them without gradients), e.g. LTX-2's audio branch when only video is trained;
+        None: nothing is held back."""
+        return None
 
     # -- the transformer call -------------------------------------------------------------------
 
@@ -207,6 +250,17 @@ class ModelFamily(ABC):
                 spec: LatentSpec, frame_rate: float) -> torch.Tensor:
         """The velocity prediction for ``noisy`` (B, C, F, H, W) at ``sigmas`` (B,) or per latent frame (B, F);
         returned in the same (B, C, F, H, W) layout."""
+
+    def joint_latents(self, batch: Batch, spec: LatentSpec, frame_rate: float) -> dict[str, JointLatents]:
+        """Latent streams denoised together with the video, by name (LTX-2's audio); none by default. Flow matching
+        noises each at the sample's sigma and hands the noisy stream to :meth:`predict_joint` in ``batch.extras``
+        under the same name."""
+        return {}
+
+    def predict_joint(self, transformer: nn.Module, noisy: torch.Tensor, sigmas: torch.Tensor, batch: Batch,
+                      spec: LatentSpec, frame_rate: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`predict`, plus the velocity of each joint stream (same shapes as their latents)."""
+        return self.predict(transformer, noisy, sigmas, batch, spec, frame_rate), {}
 
     def sequence_length(self, latent_shape: Sequence[int], spec: LatentSpec) -> int:
         """Transformer tokens of one sample of latents (C, F, H, W)."""
@@ -218,6 +272,24 @@ class ModelFamily(ABC):
     @abstractmethod
     def save_lora(self, directory: Path, layers: dict[str, torch.Tensor], adapter_metadata: dict[str, Any]) -> Path:
         """Write ``pytorch_lora_weights.safetensors`` as the family's pipeline ``save_lora_weights`` does."""
+
+    def check_lora(self, lora: str, pipe: Any) -> None:
+        """Refuse a LoRA made for another model before ``pipe`` (this family's pipeline) loads it: one ray-ltx says
+        was trained for another family, or one whose layers are not the pipeline transformer's."""
+        from safetensors import safe_open
+
+        path = Path(lora)
+        weights = path / DIFFUSERS_WEIGHTS if path.is_dir() else path
+        with safe_open(str(weights), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        trained_for = metadata.get(LORA_FAMILY_KEY)
+        if trained_for and trained_for != self.name:
+            problem = f"it was trained for {metadata.get(LORA_MODEL_KEY, trained_for)}"
+        else:
+            problem = _lora_misfit(pipe.lora_state_dict(str(path)), pipe.transformer)
+        if problem:
+            raise ConfigError(f"--lora {lora}: does not fit {self.describe()}: {problem}. Pass a LoRA trained for this "
+                              "model, or the --model it was trained for")
 
     # -- inference ------------------------------------------------------------------------------
 
@@ -235,6 +307,29 @@ class ModelFamily(ABC):
         return {"num_inference_steps": 30, "guidance_scale": 3.0}
 
 
+#: safetensors metadata ray-ltx adds to the LoRAs it writes: the family and the model they were trained for.
+LORA_FAMILY_KEY = "ray_ltx.model_family"
+LORA_MODEL_KEY = "ray_ltx.model"
+
+
+def _lora_misfit(state: dict[str, torch.Tensor], transformer: nn.Module) -> str | None:
+    """The first LoRA layer (diffusers names) that ``transformer`` has not, or not in that shape."""
+    for key, tensor in sorted(state.items()):
+        module_name, _, kind = key.removeprefix("transformer.").rpartition(".lora_")
+        if not key.startswith("transformer.") or not kind.startswith(("A.", "B.")):
+            continue
+        try:
+            module = transformer.get_submodule(module_name)
+        except AttributeError:
+            return f"the transformer has no layer {module_name}"
+        want = getattr(module, "in_features", None) if kind.startswith("A.") else getattr(module, "out_features", None)
+        have = tensor.shape[1] if kind.startswith("A.") else tensor.shape[0]
+        if want != have:
+            side = "input" if kind.startswith("A.") else "output"
+            return f"layer {module_name} has {want} {side} features, the LoRA {have}"
+    return None
+
+
 FAMILIES: dict[str, type[ModelFamily]] = {}
 
 
@@ -244,7 +339,7 @@ def register(family: type[ModelFamily]) -> type[ModelFamily]:
 
 
 def _load_builtin_families() -> None:
-    from ray_ltx.model import ltx_video  # noqa: F401 - registers itself
+    from ray_ltx.model import ltx2, ltx_video  # noqa: F401 - register themselves
 
 
 def read_checkpoint_info(config: Config) -> CheckpointInfo:

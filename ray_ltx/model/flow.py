@@ -1,6 +1,7 @@
 """Flow matching, the same for every model family: sigma sampling, loss weighting, the loss.
 
-noisy = (1 - sigma) * latents + sigma * noise, and the transformer predicts the velocity noise - latents.
+noisy = (1 - sigma) * latents + sigma * noise, and the transformer predicts the velocity noise - latents; a family's
+joint streams (LTX-2's audio) are noised at the same sigma and their loss is added.
 Sigma schemes are small registered functions (the SD3 schemes through diffusers' own helpers, and
 LTX-Video-Trainer's ``shifted_logit_normal`` whose shift grows with the sequence length). With first-frame
 conditioning a sample's first latent frame stays clean: its sigma is 0, it is left out of the loss, and the
@@ -90,6 +91,29 @@ def drop_captions(batch: Batch, empty_embeds: torch.Tensor, empty_mask: torch.Te
     return Batch(batch.latents, embeds, mask, batch.extras)
 
 
+def _predict_with_streams(family: ModelFamily, transformer: nn.Module, noisy: torch.Tensor, model_sigmas: torch.Tensor,
+                          batch: Batch, spec: LatentSpec, frame_rate: float, sigmas: torch.Tensor,
+                          generator: torch.Generator, compute_dtype: torch.dtype, weights: torch.Tensor,
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The video velocity, and the loss of the family's joint streams: each noised at its sample's sigma (pure noise
+    for a sample without it) and averaged over the samples that have it. A stream no sample has still adds 0 made
+    from its prediction, so every parameter that made it takes part in the backward pass (DDP expects that)."""
+    noisy_streams, targets = {}, {}
+    for name, stream in family.joint_latents(batch, spec, frame_rate).items():
+        noise = torch.randn(stream.latents.shape, generator=generator, device=stream.latents.device)
+        s = sigmas.view(-1, *([1] * (noise.ndim - 1))).to(noise)
+        present = stream.present.view(s.shape)
+        noisy_streams[name] = torch.where(present, (1 - s) * stream.latents + s * noise, noise).to(compute_dtype)
+        targets[name] = (noise - stream.latents, present.float())
+    batch = Batch(batch.latents, batch.prompt_embeds, batch.prompt_attention_mask, {**batch.extras, **noisy_streams})
+    pred, stream_preds = family.predict_joint(transformer, noisy, model_sigmas, batch, spec, frame_rate)
+    loss = torch.zeros((), device=noisy.device)
+    for name, (target, counted) in targets.items():
+        squared = weights.view(counted.shape) * counted * (stream_preds[name].float() - target) ** 2
+        loss = loss + squared.sum() / counted.expand_as(squared).sum().clamp_min(1.0)
+    return pred, loss
+
+
 def flow_matching_loss(
     family: ModelFamily,
     transformer: nn.Module,
@@ -100,7 +124,7 @@ def flow_matching_loss(
     compute_dtype: torch.dtype,
     first_frame_p: float = 0.0,
 ) -> torch.Tensor:
-    """The weighted flow-matching loss of one micro-batch.
+    """The weighted flow-matching loss of one micro-batch: the video's, plus each joint stream's (LTX-2's audio).
 
     With ``first_frame_p`` > 0 each sample's first latent frame stays clean with that probability (sigma 0,
     excluded from the loss), so the model learns to continue a given first frame.
@@ -115,19 +139,21 @@ def flow_matching_loss(
     if first_frame_p <= 0:
         s = sigmas.view(-1, 1, 1, 1, 1)
         noisy = ((1 - s) * latents + s * noise).to(compute_dtype)
-        pred = family.predict(transformer, noisy, sigmas.to(compute_dtype), batch, spec, diffusion.frame_rate)
-        return (weights * (pred.float() - target) ** 2).mean()
+        pred, streams = _predict_with_streams(family, transformer, noisy, sigmas.to(compute_dtype), batch, spec,
+                                              diffusion.frame_rate, sigmas, generator, compute_dtype, weights)
+        return (weights * (pred.float() - target) ** 2).mean() + streams
     conditioned = torch.rand(b, generator=generator, device=generator.device).to(latents.device) < first_frame_p
     frame_sigmas = sigmas.view(b, 1).repeat(1, f)
     frame_sigmas[:, 0] = torch.where(conditioned, torch.zeros_like(sigmas), sigmas)
     s = frame_sigmas.view(b, 1, f, 1, 1)
     noisy = ((1 - s) * latents + s * noise).to(compute_dtype)
-    pred = family.predict(transformer, noisy, frame_sigmas.to(compute_dtype), batch, spec, diffusion.frame_rate)
+    pred, streams = _predict_with_streams(family, transformer, noisy, frame_sigmas.to(compute_dtype), batch, spec,
+                                          diffusion.frame_rate, sigmas, generator, compute_dtype, weights)
     in_loss = (frame_sigmas > 0).float().view(b, 1, f, 1, 1)
     squared = weights * in_loss * (pred.float() - target) ** 2
     # The mean over the frames that are learned: a conditioned sample does not count for less.
     counted = (in_loss.expand_as(squared)).sum().clamp_min(1.0)
-    return squared.sum() / counted
+    return squared.sum() / counted + streams
 
 
 #: Fixed noise levels of the held-out loss: spread over the range, comparable across runs.
@@ -145,6 +171,7 @@ def heldout_loss(family: ModelFamily, transformer: nn.Module, batch: Batch, spec
         noise = torch.randn(latents.shape, generator=generator, device=latents.device)
         sigmas = torch.full((latents.shape[0],), sigma, device=latents.device)
         noisy = ((1 - sigma) * latents + sigma * noise).to(compute_dtype)
-        pred = family.predict(transformer, noisy, sigmas.to(compute_dtype), batch, spec, frame_rate)
-        total += float(((pred.float() - (noise - latents)) ** 2).mean())
+        pred, streams = _predict_with_streams(family, transformer, noisy, sigmas.to(compute_dtype), batch, spec,
+                                              frame_rate, sigmas, generator, compute_dtype, torch.ones_like(sigmas))
+        total += float(((pred.float() - (noise - latents)) ** 2).mean() + streams)
     return total / len(HELDOUT_SIGMAS)

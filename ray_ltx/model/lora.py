@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,26 +25,32 @@ DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
 COMFYUI_WEIGHTS = "comfyui_lora_weights.safetensors"
 
 
-def lora_config(config: Config):
+def lora_config(config: Config, exclude: str | None = None):
+    """The adapter's LoraConfig. With ``exclude`` (a regex of module names kept frozen: the family's
+    ``frozen_modules``) the targets become one regex naming exactly the adapted layers, so the LoRA's metadata
+    describes it as trained and loaders place it on those layers only."""
     from peft import LoraConfig
 
     training = config.training
+    targets: list[str] | str = list(training.target_modules)
+    if exclude:  # PEFT's suffix match of a name list, as a full-match regex, minus the excluded names
+        targets = rf"(?!{exclude}$)(?:.*\.)?(?:{'|'.join(re.escape(t) for t in targets)})"
     return LoraConfig(
         r=training.rank,
         lora_alpha=training.lora_alpha,
-        target_modules=list(training.target_modules),
+        target_modules=targets,
         init_lora_weights=True,
     )
 
 
-def add_lora(transformer: nn.Module, config: Config) -> int:
+def add_lora(transformer: nn.Module, config: Config, exclude: str | None = None) -> int:
     """Freeze the transformer, add a LoRA adapter, keep its weights in fp32; returns trainable parameters.
 
     LoRA weights stay fp32 (the base may be bf16 or float8) so small updates are not rounded away;
     the forward runs under autocast in the compute dtype.
     """
     transformer.requires_grad_(False)
-    transformer.add_adapter(lora_config(config), adapter_name=ADAPTER)
+    transformer.add_adapter(lora_config(config, exclude), adapter_name=ADAPTER)
     count = 0
     for name, param in transformer.named_parameters():
         if ".lora_" in name:
@@ -63,17 +70,29 @@ def peft_state_dict(model: nn.Module, trainable: dict[str, torch.Tensor]) -> dic
     return get_peft_model_state_dict(model, state_dict=trainable, adapter_name=ADAPTER)
 
 
-def adapter_metadata(config: Config) -> dict[str, Any]:
-    metadata = lora_config(config).to_dict()
-    metadata["target_modules"] = sorted(metadata["target_modules"])
+def adapter_metadata(config: Config, exclude: str | None = None) -> dict[str, Any]:
+    metadata = lora_config(config, exclude).to_dict()
+    if not isinstance(metadata["target_modules"], str):
+        metadata["target_modules"] = sorted(metadata["target_modules"])
     return _jsonable(metadata)
 
 
 def save_diffusers_lora(output_dir: str | Path, model: nn.Module, weights: dict[str, torch.Tensor], config: Config,
                         family, dtype: torch.dtype | None = None) -> Path:
-    """Write ``pytorch_lora_weights.safetensors`` as the family's pipeline ``save_lora_weights`` does."""
+    """Write ``pytorch_lora_weights.safetensors`` as the family's pipeline ``save_lora_weights`` does, marked with the
+    family and model it was trained for (so ``generate`` can refuse it for another model)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from ray_ltx.model.family import LORA_FAMILY_KEY, LORA_MODEL_KEY
+
     layers = {k: (v.to(dtype) if dtype else v).contiguous() for k, v in peft_state_dict(model, weights).items()}
-    return family.save_lora(Path(output_dir), layers, adapter_metadata(config))
+    path = family.save_lora(Path(output_dir), layers, adapter_metadata(config, family.frozen_modules()))
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    save_file(load_file(str(path)), str(path),
+              metadata={**metadata, LORA_FAMILY_KEY: family.name, LORA_MODEL_KEY: family.describe()})
+    return path
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
@@ -92,7 +111,8 @@ def to_comfyui(diffusers_weights: dict[str, torch.Tensor], rank: int, alpha: flo
 
 
 def export_comfyui(lora_dir: str | Path, out_path: str | Path | None = None, prefix: str = "diffusion_model.") -> Path:
-    """Write the ComfyUI layout of the diffusers LoRA in ``lora_dir`` (beside it unless ``out_path``)."""
+    """Write the ComfyUI layout of the diffusers LoRA in ``lora_dir`` (beside it unless ``out_path``); ``prefix`` is
+    the model family's ``comfyui_prefix`` (``diffusion_model.`` for LTX-Video and LTX-2)."""
     import json
 
     from safetensors import safe_open

@@ -38,6 +38,7 @@ from ray_ltx.model.family import (
     register,
     torch_dtype,
 )
+from ray_ltx.model.lora import DIFFUSERS_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -494,7 +495,7 @@ class LTXVideoFamily(ModelFamily):
 
         LTXPipeline.save_lora_weights(str(directory), transformer_lora_layers=layers,
                                       transformer_lora_adapter_metadata=adapter_metadata, safe_serialization=True)
-        return Path(directory) / "pytorch_lora_weights.safetensors"
+        return Path(directory) / DIFFUSERS_WEIGHTS
 
     # -- inference ------------------------------------------------------------------------------
 

@@ -35,6 +35,9 @@ from transformers import T5Config, T5EncoderModel, T5TokenizerFast
 Size = Literal["tiny", "full"]
 Version = Literal["0.9.0", "0.9.1", "0.9.5", "0.9.7-13b"]
 VERSIONS: tuple[str, ...] = ("0.9.0", "0.9.1", "0.9.5", "0.9.7-13b")
+Family = Literal["ltx_video", "ltx2"]
+LTX2_VERSIONS: tuple[str, ...] = ("2.0",)
+WRITTEN_MARKER = ".ray-ltx-tiny-model"  # tells a directory written here (and replaceable) from anything else
 
 # Rows of the tiny text encoder's embedding: room for every piece of `build_tokenizer`, as T5-XXL has 32128
 # rows for its 32100 pieces.
@@ -287,19 +290,120 @@ def _build_scheduler(version: str = "0.9.0") -> FlowMatchEulerDiscreteScheduler:
     )
 
 
+# -- LTX-2 ----------------------------------------------------------------------------------------------------------
+# The tiny LTX-2 keeps the real compressions (video 32x/8x, audio 4x in time and mel bins) and the real 64 mel bins at
+# 16 kHz with 160-sample hops, so audio preprocessing runs as for Lightricks/LTX-2; every width is small. Its video
+# stream (2 heads of 16) is narrower than the tiny LTX-Video's (2 of 32), so a LoRA of one never fits the other.
+TINY_GEMMA_DIM = 32
+TINY_GEMMA_LAYERS = 2
+TINY_GEMMA_VOCAB_SIZE = 2048  # room for every piece of `build_gemma_tokenizer`
+_TINY_LTX2_TRANSFORMER = {
+    "in_channels": TINY_LATENT_CHANNELS, "out_channels": TINY_LATENT_CHANNELS, "num_attention_heads": 2,
+    "attention_head_dim": 16, "cross_attention_dim": 32, "audio_in_channels": 32, "audio_out_channels": 32,
+    "audio_num_attention_heads": 2, "audio_attention_head_dim": 8, "audio_cross_attention_dim": 16, "num_layers": 2,
+    "caption_channels": TINY_GEMMA_DIM,
+}
+_LTX2_VAE_COMPRESSION = {"spatial_compression_ratio": 32, "temporal_compression_ratio": 8}
+_TINY_LTX2_VAE = {
+    "latent_channels": TINY_LATENT_CHANNELS, "block_out_channels": (8, 16, 32, 64),
+    "decoder_block_out_channels": (16, 32, 64), "layers_per_block": (1, 1, 1, 1, 1),
+    "decoder_layers_per_block": (1, 1, 1, 1), **_LTX2_VAE_COMPRESSION,
+}
+# Packed audio tokens are latent channels x latent mel bins (2 x 64 / 4 = 32) wide, the width of the latent statistics
+# (base_channels), as 8 x 16 = 128 in the real audio VAE.
+_TINY_LTX2_AUDIO_VAE = {"base_channels": 32, "latent_channels": 2, "num_res_blocks": 1}
+# The real upsampling (6 * 5 * 2 * 2 * 2 = 240: 100 mel frames/s to 24 kHz) over 2 x 64 mel bins, few channels.
+_TINY_LTX2_VOCODER = {"in_channels": 128, "hidden_channels": 32, "upsample_kernel_sizes": [12, 10, 4, 4, 4],
+                      "resnet_kernel_sizes": [3], "resnet_dilations": [[1]]}
+_TINY_LTX2_CONNECTORS = {
+    "caption_channels": TINY_GEMMA_DIM, "text_proj_in_factor": TINY_GEMMA_LAYERS + 1,
+    "video_connector_num_attention_heads": 2, "video_connector_attention_head_dim": 16, "video_connector_num_layers": 1,
+    "audio_connector_num_attention_heads": 2, "audio_connector_attention_head_dim": 16, "audio_connector_num_layers": 1,
+}
+_TINY_GEMMA = {
+    "text_config": {"vocab_size": TINY_GEMMA_VOCAB_SIZE, "hidden_size": TINY_GEMMA_DIM, "intermediate_size": 64,
+                    "num_hidden_layers": TINY_GEMMA_LAYERS, "num_attention_heads": 2, "num_key_value_heads": 1,
+                    "head_dim": 16, "sliding_window": 64},
+    "vision_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                      "image_size": 28, "patch_size": 14},
+    "mm_tokens_per_image": 4,
+}
+
+
+def build_ltx2_transformer(size: Size = "tiny", dtype: torch.dtype = torch.float32,
+                           device: str | torch.device | None = None, seed: int = 0):
+    """LTX-2's audio-video transformer; "full" is diffusers' default config, the 19B LTX-2 (48 layers, a 32 x 128
+    video stream and a 32 x 64 audio stream): build it on the GPU or the meta device."""
+    from diffusers import LTX2VideoTransformer3DModel
+
+    with _seeded_construction(seed, dtype, device):
+        return LTX2VideoTransformer3DModel(**(_TINY_LTX2_TRANSFORMER if _is_tiny(size) else {}))
+
+
+def build_ltx2_pipeline(size: Size = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32, version: str = "2.0"):
+    """Every component of an ``LTX2Pipeline``: video and audio VAEs, vocoder, Gemma 3 with its tokenizer, the text
+    connectors, the transformer and the scheduler Lightricks ships."""
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2Pipeline
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors, LTX2Vocoder
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    if version not in LTX2_VERSIONS:
+        raise ValueError(f"LTX-2 version must be one of {LTX2_VERSIONS}, got {version!r}")
+    if not _is_tiny(size):
+        raise ValueError("a full-size LTX-2 pipeline holds a 12B Gemma 3: build the transformer alone with "
+                         "build_ltx2_transformer('full', device='cuda' or 'meta')")
+    with _seeded_construction(seed, dtype, None):
+        components = {
+            "vae": AutoencoderKLLTX2Video(**_TINY_LTX2_VAE),
+            "audio_vae": AutoencoderKLLTX2Audio(**_TINY_LTX2_AUDIO_VAE),
+            "vocoder": LTX2Vocoder(**_TINY_LTX2_VOCODER),
+            "connectors": LTX2TextConnectors(**_TINY_LTX2_CONNECTORS),
+            "text_encoder": Gemma3ForConditionalGeneration(Gemma3Config(**_TINY_GEMMA)),
+        }
+    return LTX2Pipeline(scheduler=_build_scheduler("0.9.1"), tokenizer=build_gemma_tokenizer(),
+                        transformer=build_ltx2_transformer(size, dtype, seed=seed), **components)
+
+
+def build_gemma_tokenizer():
+    """A Gemma-style BPE tokenizer (<bos> first, byte fallback, left padding) whose merges spell the corpus words."""
+    from transformers import GemmaTokenizer
+
+    vocab = {token: i for i, token in enumerate(("<pad>", "<eos>", "<bos>", "<unk>", "<mask>"))}
+    for char in "▁" + string.ascii_letters + string.digits + string.punctuation:
+        vocab.setdefault(char, len(vocab))
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)
+    merges = []
+    for word in sorted(set(_CORPUS_WORD.findall(" ".join(_corpus())))):
+        piece = "▁"
+        for char in word:
+            merges.append((piece, char))
+            piece += char
+            vocab.setdefault(piece, len(vocab))
+    if len(vocab) > TINY_GEMMA_VOCAB_SIZE:
+        raise AssertionError(f"the tiny Gemma vocabulary grew to {len(vocab)} pieces, past its embedding")
+    return GemmaTokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)), add_bos_token=True)
+
+
 def write_pipeline(
     out_dir: str | Path, size: Size = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32,
-    version: Version = "0.9.0",
+    version: str | None = None, family: Family = "ltx_video", overwrite: bool = False,
 ) -> Path:
-    """Write a diffusers LTX-Video pipeline directory that loads like the real one of ``version``.
+    """Write a diffusers pipeline directory that loads like the real one of ``family`` and ``version``.
 
-    0.9.7-13b is written as an ``LTXConditionPipeline``, as Lightricks ships it. The directory is built beside
-    `out_dir` and renamed into place, so a crash never leaves a half-written model; an existing `out_dir` is
-    replaced.
+    LTX-Video versions are :data:`VERSIONS` (default 0.9.0; 0.9.7-13b is written as an ``LTXConditionPipeline``, as
+    Lightricks ships it); LTX-2 (``family="ltx2"``) is an ``LTX2Pipeline`` of :data:`LTX2_VERSIONS`. The directory is
+    built beside `out_dir` and renamed into place, so a crash never leaves a half-written model. An existing `out_dir`
+    is replaced only if it is empty or a model written here before, or with `overwrite`.
     """
     from diffusers import LTXConditionPipeline
 
-    out_dir = Path(out_dir).absolute()
+    _check_replaceable(Path(out_dir).absolute(), overwrite)
+    if family == "ltx2":
+        return _save_atomically(build_ltx2_pipeline(size, seed, dtype, version or "2.0"), out_dir)
+    if family != "ltx_video":
+        raise ValueError(f"family must be 'ltx_video' or 'ltx2', got {family!r}")
+    version = version or "0.9.0"
     cls = LTXConditionPipeline if version == "0.9.7-13b" else LTXPipeline
     pipeline = cls(
         scheduler=_build_scheduler(version),
@@ -308,10 +412,16 @@ def write_pipeline(
         tokenizer=build_tokenizer(),
         transformer=build_transformer(size, dtype, seed=seed, version=version),
     )
+    return _save_atomically(pipeline, out_dir)
+
+
+def _save_atomically(pipeline, out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir).absolute()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.with_name(f".{out_dir.name}.partial-{uuid.uuid4().hex}")
     try:
         pipeline.save_pretrained(staging)
+        (staging / WRITTEN_MARKER).write_text("a random-weight LTX-Video pipeline written by ray-ltx make-tiny-model\n")
         if out_dir.exists():
             retired = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex}")
             out_dir.rename(retired)
@@ -324,13 +434,23 @@ def write_pipeline(
     return out_dir
 
 
-#: diffusers' transformer names -> Lightricks' original ones (the inverse of diffusers' single-file conversion).
-_ORIGINAL_NAMES = {"proj_in": "patchify_proj", "time_embed": "adaln_single", "norm_q": "q_norm", "norm_k": "k_norm"}
+#: diffusers' transformer names -> Lightricks' original ones (the inverse of diffusers' single-file conversions of
+#: LTX-Video and LTX-2; the av_/a2v names exist in LTX-2 only).
+_ORIGINAL_NAMES = {
+    "proj_in": "patchify_proj", "time_embed": "adaln_single", "norm_q": "q_norm", "norm_k": "k_norm",
+    "av_cross_attn_video_scale_shift": "av_ca_video_scale_shift_adaln_single",
+    "av_cross_attn_video_a2v_gate": "av_ca_a2v_gate_adaln_single",
+    "av_cross_attn_audio_scale_shift": "av_ca_audio_scale_shift_adaln_single",
+    "av_cross_attn_audio_v2a_gate": "av_ca_v2a_gate_adaln_single",
+    "video_a2v_cross_attn_scale_shift_table": "scale_shift_table_a2v_ca_video",
+    "audio_a2v_cross_attn_scale_shift_table": "scale_shift_table_a2v_ca_audio",
+}
 
 
 def write_single_file(pipeline_dir: str | Path, out_path: str | Path) -> Path:
-    """The transformer of a pipeline folder as a Lightricks single-file checkpoint (``model.diffusion_model.*``
-    keys in the original naming), as ``ltxv-*.safetensors`` files are published."""
+    """The transformer of a pipeline folder (LTX-Video or LTX-2) as a Lightricks single-file checkpoint
+    (``model.diffusion_model.*`` keys in the original naming), as ``ltxv-*.safetensors`` and ``ltx-2-*.safetensors``
+    files are published."""
     from safetensors.torch import load_file, save_file
 
     folder = Path(pipeline_dir) / "transformer"
@@ -352,6 +472,20 @@ def _check(size: str, version: str) -> None:
     _is_tiny(size)
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+
+
+def _check_replaceable(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace a directory holding anything else than a model written here (a real model, data)."""
+    from ray_ltx import storage
+    from ray_ltx.errors import OutputDirError
+
+    if not out_dir.exists():
+        return
+    storage.check_deletable(str(out_dir))
+    if overwrite or (out_dir / WRITTEN_MARKER).is_file() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return
+    raise OutputDirError(f"--out {out_dir} already holds files that make-tiny-model did not write; pass --overwrite "
+                         "to replace it (everything in it is deleted), or choose another --out")
 
 
 def _is_tiny(size: str) -> bool:

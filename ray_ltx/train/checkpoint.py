@@ -1,25 +1,32 @@
 """Resumable checkpoints: written by every rank, verified complete before anything loads them.
 
 A checkpoint directory holds the engine's state (DDP: rank 0's trainable weights, optimizer and
-schedule; DeepSpeed: each rank's ZeRO shards), ``state.json`` from rank 0 (step, epoch, what was
-trained), and one ``complete-rank<R>.json`` per rank, written last, listing that rank's files and
-sizes. A directory is taken for a checkpoint only if every rank's listing is there and every
-listed file has its size: a crash mid-save (or mid-upload) leaves something resume refuses.
+schedule; DeepSpeed: each rank's ZeRO shards; FSDP: each rank's DCP shards, re-sharded on load),
+``state.json`` from rank 0 (step, epoch, what was trained), and one ``complete-rank<R>.json`` per
+rank, written last, listing that rank's files and sizes. A directory is taken for a checkpoint only
+if every rank's listing is there and every listed file has its size: a crash mid-save (or mid-upload)
+leaves something resume refuses.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ray_ltx import storage
 from ray_ltx.config import RESIZABLE_BACKENDS, Config
 from ray_ltx.errors import CheckpointError
 
+log = logging.getLogger(__name__)
+
 STATE = "state.json"
 COMPLETE = "complete-rank{rank}.json"
+DAMAGED = "damaged.json"  # written when a complete-looking checkpoint fails to load
 LORA_DIR = "lora"  # a LoRA run's weights of this step, in the formats users load
 EXPORT_DIR = "export"  # inside the final checkpoint: what the driver copies to output_dir
 
@@ -74,25 +81,70 @@ def mark_complete(directory: Path, rank: int) -> None:
     os.replace(tmp, directory / COMPLETE.format(rank=rank))
 
 
-def verify(directory: Path) -> TrainState:
-    """The checkpoint's state if it is complete; CheckpointError naming what is missing otherwise."""
-    state_path = directory / STATE
-    if not state_path.is_file():
+def _sizes(directory: str) -> dict[str, int]:
+    """Every file below ``directory`` (local or a URI) with its size, by relative path."""
+    import pyarrow.fs as pafs
+
+    fs, inner = storage.filesystem(directory)
+    base = inner.rstrip("/")
+    infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True, allow_not_found=True))
+    return {info.path[len(base) + 1:]: info.size for info in infos if info.type == pafs.FileType.File}
+
+
+def verify(directory: str | Path) -> TrainState:
+    """The checkpoint's state if it is complete; CheckpointError naming what is missing or damaged otherwise.
+
+    The same check for local and remote (s3://, gs://) checkpoints: a half-uploaded one lacks a rank's listing
+    or has a file of the wrong size, and is never taken for the latest.
+    """
+    directory = str(directory)
+    sizes = _sizes(directory)
+    if STATE not in sizes:
         raise CheckpointError(f"{directory} is not a complete ray-ltx checkpoint (no {STATE})")
+    if DAMAGED in sizes:
+        raise CheckpointError(f"{directory} is marked damaged: {storage.read_text(storage.join(directory, DAMAGED))}")
+    state_path = storage.join(directory, STATE)
     try:
-        state = TrainState(**json.loads(state_path.read_text()))
-    except (json.JSONDecodeError, TypeError) as error:
+        state = TrainState(**json.loads(storage.read_text(state_path)))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as error:
         raise CheckpointError(f"{state_path}: unreadable ({error})") from None
     for rank in range(state.world_size):
-        listing_path = directory / COMPLETE.format(rank=rank)
-        if not listing_path.is_file():
+        name = COMPLETE.format(rank=rank)
+        if name not in sizes:
             raise CheckpointError(f"{directory} is incomplete: rank {rank} never finished writing its part")
-        listing = json.loads(listing_path.read_text())
-        for name, size in listing["files"].items():
-            path = directory / name
-            if not path.is_file() or path.stat().st_size != size:
-                raise CheckpointError(f"{directory} is incomplete: {name} is missing or truncated")
+        try:
+            listing = json.loads(storage.read_text(storage.join(directory, name)))
+            files = dict(listing["files"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{directory}: {name} is damaged (not the listing rank {rank} wrote)") from None
+        for rel, size in files.items():
+            if sizes.get(rel) != size:
+                raise CheckpointError(f"{directory} is incomplete: {rel} is missing or truncated")
     return state
+
+
+def mark_damaged(directory: str, reason: str) -> None:
+    """Record that a checkpoint failed to load, so the scans pass it over from now on."""
+    storage.write_text(storage.join(directory, DAMAGED), json.dumps(reason))
+
+
+def checkpoint_dirs(run_dir: str) -> list[str]:
+    """The ``checkpoint_<step>`` directories of a run's storage folder, oldest first."""
+    return [storage.join(run_dir, name) for name in storage.list_dirs(run_dir) if name.startswith("checkpoint_")]
+
+
+def complete_checkpoints(run_dir: str) -> Iterator[tuple[str, TrainState]]:
+    """The run's complete checkpoints, newest first (incomplete ones, e.g. from a crash mid-save, passed over)."""
+    for path in reversed(checkpoint_dirs(run_dir)):
+        try:
+            yield path, verify(path)
+        except (CheckpointError, OSError, ValueError) as error:
+            log.warning("passing over %s: %s", path, error)
+
+
+def latest_checkpoint(run_dir: str) -> tuple[str, TrainState] | None:
+    """The newest complete checkpoint of a run."""
+    return next(complete_checkpoints(run_dir), None)
 
 
 def check_compatible(state: TrainState, config: Config, world_size: int, directory: Any) -> None:

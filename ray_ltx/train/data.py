@@ -126,7 +126,14 @@ def _stack(rows: list[dict[str, Any]]):
 
     samples = [row_to_tensors(row) for row in rows]
     return Batch(torch.stack([s["latents"] for s in samples]), torch.stack([s["prompt_embeds"] for s in samples]),
-                 torch.stack([s["prompt_attention_mask"] for s in samples]))
+                 torch.stack([s["prompt_attention_mask"] for s in samples]), stack_extras(samples))
+
+
+def stack_extras(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The samples' family extras stacked into batch tensors (every sample of a cache has the same keys)."""
+    import torch
+
+    return {key: torch.stack([s["extras"][key] for s in samples]) for key in samples[0]["extras"]}
 
 
 class MicroBatchReader:
@@ -200,4 +207,3 @@ def holdout_batches(cache: LatentCache, held: list[str]) -> list[Any]:
     for sid in held:
         by_bucket.setdefault(bucket_of[sid], []).append(sid)
     return [_stack(cache.read(ids)) for ids in by_bucket.values()]
-

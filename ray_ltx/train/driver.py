@@ -1,4 +1,4 @@
-"""The driver of a training run: checks, cache, MLflow run, TorchTrainer, outputs, summary.
+"""The driver of a training run: checks, cache, tracking run, TorchTrainer, outputs, summary.
 
 Runs wherever ``ray-ltx train`` runs (a laptop, a Ray head, a ``ray job submit`` entrypoint).
 Workers never share a filesystem with it: they read the cache and write checkpoints through
@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ray_ltx import storage
+import yaml
+
+from ray_ltx import faults, locks, storage
 from ray_ltx.config import Config
 from ray_ltx.errors import (
     CheckpointError,
@@ -29,8 +31,12 @@ from ray_ltx.errors import (
     UserError,
     is_disk_full,
 )
+from ray_ltx.model.lora import COMFYUI_WEIGHTS, DIFFUSERS_WEIGHTS
+from ray_ltx.redaction import redact, redacted_config
+from ray_ltx.tracking import Tracker
 from ray_ltx.train import checkpoint as ckpt
-from ray_ltx.train import elastic, faults
+from ray_ltx.train import elastic
+from ray_ltx.train.memory import MEMORY_JSON, MEMORY_MD
 
 if TYPE_CHECKING:
     from ray_ltx.train.data import DataPlan
@@ -39,6 +45,12 @@ log = logging.getLogger(__name__)
 
 TRAINING_CONFIG = "training_config.json"
 RESOLVED_CONFIG = "config.yaml"
+# What a run writes to output_dir; --overwrite_output_dir removes these and nothing else (the cache stays).
+RUN_OUTPUTS = (TRAINING_CONFIG, RESOLVED_CONFIG, DIFFUSERS_WEIGHTS, COMFYUI_WEIGHTS, "transformer", MEMORY_MD,
+               MEMORY_JSON, "validation")
+END_OF_RUN_WAIT_S = 60.0  # how long the end of a run waits for a tracking server that does not answer
+#: In the run's storage folder: the tracking run that `--resume_from_checkpoint latest` continues.
+TRACKING_RUN = "tracking_run.json"
 
 
 @dataclass
@@ -47,11 +59,13 @@ class TrainResult:
     steps: int
     final_loss: float | None
     checkpoint: str | None
-    mlflow_run_id: str | None
+    mlflow_run_id: str | None  # the tracking run's id (MLflow's, or W&B's with --report_to wandb)
     tracking_uri: str | None
     training_config: dict[str, Any] = field(default_factory=dict)
     memory: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    tracking: str | None = None  # where the run is recorded, in words
+    registered_model: str | None = None  # where the registered weights load from (models:/NAME/VERSION)
     workers: dict[str, Any] = field(default_factory=dict)  # elastic.Journal.record(): group sizes and restarts
 
 
@@ -63,41 +77,20 @@ def storage_dir(config: Config) -> str:
     return storage.join(storage.absolute(config.storage_path), config.distributed.run_name)
 
 
-def _checkpoint_dirs(run_dir: str) -> list[str]:
-    return [storage.join(run_dir, name) for name in storage.list_dirs(run_dir) if name.startswith("checkpoint_")]
-
-
-def read_state(path: str) -> ckpt.TrainState:
-    """The state of a complete checkpoint (local: every rank's listing verified; remote: its state.json)."""
-    if storage.is_uri(path):
-        return ckpt.TrainState(**json.loads(storage.read_text(storage.join(path, ckpt.STATE))))
-    return ckpt.verify(Path(path))
-
-
-def latest_checkpoint(run_dir: str) -> tuple[str, ckpt.TrainState] | None:
-    """The newest complete checkpoint of a run (incomplete ones, e.g. from a crash mid-save, are passed over)."""
-    for path in reversed(_checkpoint_dirs(run_dir)):
-        try:
-            return path, read_state(path)
-        except (CheckpointError, OSError, ValueError) as error:
-            log.warning("passing over %s: %s", path, error)
-    return None
-
-
 def _prepare_output_dir(config: Config, run_dir: str) -> None:
     """Refuse to mix two runs in one output_dir unless asked to resume or overwrite."""
     output = storage.absolute(config.output_dir)
-    previous = storage.is_file(storage.join(output, TRAINING_CONFIG)) or bool(_checkpoint_dirs(run_dir)) \
-        or storage.is_file(storage.join(run_dir, "checkpoint_manager_snapshot.json"))
+    previous = storage.is_file(storage.join(output, TRAINING_CONFIG)) or bool(ckpt.checkpoint_dirs(run_dir)) \
+        or storage.is_file(storage.join(run_dir, RAY_SNAPSHOT))
     if not previous:
         return
     if config.training.resume_from_checkpoint:
         return
     if config.training.overwrite_output_dir:
-        log.warning("--overwrite_output_dir: removing the previous run in %s (the latent cache is kept)", output)
-        storage.delete_dir(run_dir)
-        for name in (TRAINING_CONFIG, RESOLVED_CONFIG, "pytorch_lora_weights.safetensors", "transformer",
-                     "memory.md", "memory.json"):
+        log.warning("--overwrite_output_dir: removing the previous run in %s (the latent cache is kept)",
+                    redact(output))
+        storage.delete_dir(run_dir)  # <storage_path>/<run_name>: Ray Train's directory of this run
+        for name in RUN_OUTPUTS:
             path = storage.join(output, name)
             if storage.is_dir(path):
                 storage.delete_dir(path)
@@ -105,7 +98,7 @@ def _prepare_output_dir(config: Config, run_dir: str) -> None:
                 storage.delete_file(path)
         return
     raise OutputDirError(
-        f"--output_dir {output} holds another training run (checkpoints in {run_dir}). Pass "
+        f"--output_dir {redact(output)} holds another training run (checkpoints in {redact(run_dir)}). Pass "
         "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it, or another --output_dir"
     )
 
@@ -121,17 +114,39 @@ def _resume_point(config: Config, run_dir: str) -> tuple[str | None, int]:
         return None, 0
     explicit = None
     if wanted == "latest":
-        found = latest_checkpoint(run_dir)
+        found = ckpt.latest_checkpoint(run_dir)
         if found is None:
             log.info("--resume_from_checkpoint latest: no checkpoint in %s yet, starting at step 0", run_dir)
             return None, 0
         path, state = found
     else:
         path = explicit = storage.absolute(wanted)
-        state = read_state(path)
+        state = ckpt.verify(path)
     ckpt.check_compatible(state, config, config.distributed.max_workers, path)
+    _retire_damaged(run_dir, state.step)
     log.info("resuming from %s (step %d)", path, state.step)
     return explicit, state.step
+
+
+#: Ray Train's record of the run's checkpoints; it refuses to start while it names a checkpoint that is gone.
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def _retire_damaged(run_dir: str, step: int) -> None:
+    """Checkpoints after the resume point that failed to load go, so the steps they held are written anew.
+
+    ray-ltx finds checkpoints by scanning storage, so Ray Train's own snapshot, which would still name the
+    removed checkpoint, goes too (its checkpoint count starts over; the checkpoints on storage stay usable).
+    """
+    retired = False
+    for path in ckpt.checkpoint_dirs(run_dir):
+        if storage.is_file(storage.join(path, ckpt.DAMAGED)) and int(path.rsplit("_", 1)[-1]) > step:
+            log.warning("removing %s, marked damaged; its steps are trained again from step %d", path, step)
+            storage.delete_dir(path)
+            retired = True
+    snapshot = storage.join(run_dir, RAY_SNAPSHOT)
+    if retired and storage.is_file(snapshot):
+        storage.delete_file(snapshot)
 
 
 def training_config_block(config: Config, trainable: int, plan: DataPlan) -> dict[str, Any]:
@@ -186,15 +201,30 @@ def _cluster_has_gpus() -> bool:
 
 
 def _copy_export(checkpoint_path: str, output_dir: str) -> None:
+    """The final weights into output_dir: a folder (``transformer/``) is swapped in whole, a file atomically,
+    so a crash mid-copy leaves the previous weights or none, never a half-copied model."""
     source = storage.join(checkpoint_path, ckpt.EXPORT_DIR)
     if not storage.is_dir(source):
-        raise CheckpointError(f"the final checkpoint {checkpoint_path} holds no exported weights")
-    storage.copy_dir(source, output_dir)
+        raise CheckpointError(f"the final checkpoint {redact(checkpoint_path)} holds no exported weights")
+    for name in storage.list_dirs(source):
+        storage.replace_dir(storage.join(source, name), storage.join(output_dir, name))
+    for path in storage.list_files(source, recursive=False):
+        storage.write_bytes(storage.join(output_dir, path.rsplit("/", 1)[-1]), storage.read_bytes(path))
 
 
 def train(config: Config, *, callbacks: list | None = None, parent_run_id: str | None = None,
           run_name: str | None = None, quiet: bool = False) -> TrainResult:
-    """Train as configured; returns where everything went. Raises UserError subclasses for the user's mistakes."""
+    """Train as configured; returns where everything went. Raises UserError subclasses for the user's mistakes.
+
+    The run holds output_dir's lock throughout: a second run there stops with an error naming this one.
+    """
+    config = config.resolved()
+    with locks.exclusive(config.output_dir, "output", OutputDirError):
+        return _train(config, callbacks=callbacks, parent_run_id=parent_run_id, run_name=run_name, quiet=quiet)
+
+
+def _train(config: Config, *, callbacks: list | None, parent_run_id: str | None, run_name: str | None,
+           quiet: bool) -> TrainResult:
     from ray_ltx import tracking
     from ray_ltx.cluster import cluster_shape, init_ray
     from ray_ltx.data.cache import LatentCache
@@ -202,25 +232,24 @@ def train(config: Config, *, callbacks: list | None = None, parent_run_id: str |
     from ray_ltx.train.data import DataPlan, split_holdout
 
     started = time.monotonic()
-    config = config.resolved()
     output_dir = config.output_dir
     run_dir = storage_dir(config)
     _prepare_output_dir(config, run_dir)
     resume_path, start_step = _resume_point(config, run_dir)
     faults.check(os.environ.get("RAY_LTX_FAULT"))
     _check_model(config)
-    uri = config.tracking_uri if tracking.enabled(config) else None
-    if uri:
-        tracking.check_reachable(uri)  # before any cluster or model work
+    if tracking.enabled(config):
+        tracking.check(config)  # before any cluster or model work
     init_ray(config)
 
-    run_id = None
-    if uri:
+    tracker = None
+    if tracking.enabled(config):
         shape_info = cluster_shape()
-        run_id = tracking.start_run(config, run_name=run_name, parent_run_id=parent_run_id, extra_params={
+        tracker = _open_tracker(config, run_dir, run_name, parent_run_id, {
             "cluster.nodes": shape_info["nodes"], "cluster.gpus": shape_info["gpus"],
             "cluster.workers": config.to_dict()["distributed"]["num_workers"]})
-        log.info("MLflow run %s in experiment %r at %s", run_id, config.tracking.tracker_name, tracking.redact(uri))
+        log.info("%s (%s %r)", tracker.describe(), "project" if tracker.backend == "wandb" else "experiment",
+                 config.tracking.tracker_name)
 
     previous_handler = signal.getsignal(signal.SIGTERM)
 
@@ -238,23 +267,21 @@ def train(config: Config, *, callbacks: list | None = None, parent_run_id: str |
         training = config.training
         plan = DataPlan(per_bucket, training.batch_size,
                         training.gradient_accumulation_steps * config.distributed.max_workers, training.seed)
-        storage.write_text(storage.join(output_dir, RESOLVED_CONFIG), config.to_yaml())
-        result = _fit(config, cache, plan, held, start_step, resume_path, run_dir, run_id, uri, callbacks)
+        storage.write_text(storage.join(output_dir, RESOLVED_CONFIG),
+                           yaml.safe_dump(redacted_config(config), sort_keys=False))
+        result = _fit(config, cache, plan, held, start_step, resume_path, run_dir, tracker, callbacks)
         steps, final_loss, checkpoint_path, trainable, memory, workers = result
         _copy_export(checkpoint_path, output_dir)
         block = training_config_block(config, trainable, plan)
         storage.write_text(storage.join(output_dir, TRAINING_CONFIG), json.dumps(block, indent=4))
-        if uri and run_id:
-            _log_outputs(config, uri, run_id, output_dir, cache, memory)
-            elastic.log_to_mlflow(uri, run_id, workers)
-            tracking.end_run(uri, run_id, "FINISHED")
+        registered = _finish_tracking(config, tracker, output_dir, cache, memory, workers) if tracker else None
     except (_Stopped, KeyboardInterrupt) as error:
-        if uri and run_id:
-            tracking.end_run(uri, run_id, "KILLED", error=f"stopped: {error or 'interrupted'}")
+        if tracker:
+            _end_run_quietly(tracker, "KILLED", f"stopped: {error or 'interrupted'}")
         raise
     except BaseException as error:
-        if uri and run_id:
-            tracking.end_run(uri, run_id, "FAILED", error=_describe_failure(error))
+        if tracker:
+            _end_run_quietly(tracker, "FAILED", _describe_failure(error))
         user_error = _as_user_error(error)
         if user_error is error:
             raise
@@ -265,11 +292,34 @@ def train(config: Config, *, callbacks: list | None = None, parent_run_id: str |
         if _in_main_thread():
             signal.signal(signal.SIGTERM, previous_handler)
 
-    outcome = TrainResult(output_dir, steps, final_loss, checkpoint_path, run_id, uri, block, memory,
-                          round(time.monotonic() - started, 1), workers)
+    outcome = TrainResult(output_dir, steps, final_loss, checkpoint_path, tracker.run_id if tracker else None,
+                          config.tracking_uri if tracker and tracker.backend == "mlflow" else None, block, memory,
+                          round(time.monotonic() - started, 1), tracker.describe() if tracker else None, registered,
+                          workers)
     if not quiet:
         print(format_summary(config, outcome))
     return outcome
+
+
+def _open_tracker(config: Config, run_dir: str, run_name: str | None, parent_run_id: str | None,
+                  extra_params: dict[str, Any]) -> Tracker:
+    """The tracking run: with ``--resume_from_checkpoint latest``, the one this training recorded in its storage
+    folder (one run and one loss curve however often it is resumed); otherwise a new one, recorded there."""
+    from ray_ltx import tracking
+
+    record = storage.join(run_dir, TRACKING_RUN)
+    if config.training.resume_from_checkpoint == "latest" and storage.is_file(record):
+        saved = json.loads(storage.read_text(record))
+        if saved["backend"] == config.tracking.report_to:
+            tracker = tracking.resume(config, saved["run_id"], extra_params)
+            if tracker is not None:
+                log.info("resuming: continuing tracking run %s", saved["run_id"])
+                return tracker
+            log.warning("resuming: the tracking run %s of this training is gone from %s; starting a new run",
+                        saved["run_id"], redact(config.tracking_uri))
+    tracker = tracking.start(config, run_name=run_name, parent_run_id=parent_run_id, extra_params=extra_params)
+    storage.write_text(record, json.dumps({"backend": tracker.backend, "run_id": tracker.run_id}))
+    return tracker
 
 
 def _check_model(config: Config):
@@ -288,14 +338,14 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _fit(config, cache, plan: DataPlan, held, start_step, resume_path, run_dir, run_id, uri, callbacks):
+def _fit(config, cache, plan: DataPlan, held, start_step, resume_path, run_dir, tracker, callbacks):
     """Run the TorchTrainer; returns (steps, final loss, final checkpoint, trainable params, memory rows, the
     worker groups' record)."""
     from ray_ltx.train.data import holdout_batches
 
     training = config.training
     if start_step >= training.train_steps:
-        found = latest_checkpoint(run_dir)
+        found = ckpt.latest_checkpoint(run_dir)
         if found is None:
             raise CheckpointError(f"nothing to resume in {run_dir}")
         path, state = found
@@ -309,18 +359,20 @@ def _fit(config, cache, plan: DataPlan, held, start_step, resume_path, run_dir, 
     workers = config.to_dict()["distributed"]["num_workers"]
     log.info("training %d steps (from step %d) on %d samples in %d bucket(s): %d micro-batches per epoch, %s workers",
              training.train_steps, start_step, plan.samples, len(plan.per_bucket), plan.micro_batches_per_epoch, workers)
+    config_dict = config.to_dict()
+    # Ray keeps the train loop config in its Train run state (the dashboard shows it): the workers get the
+    # tracking URI in the tracker's handle as a Secret, which prints redacted, and need no copy of it in the config.
+    config_dict["tracking"]["mlflow_tracking_uri"] = redact(config_dict["tracking"]["mlflow_tracking_uri"] or "") or None
     journal = elastic.start_journal()
     loop_config = {
-        "config": config.to_dict(),
+        "config": config_dict,
         "cache_dir": cache.cache_dir,
         "latent_spec": cache.manifest.latent_spec,
         "plan": plan,
         "plan_start_step": start_step,
         "resume_path": resume_path,
         "heldout_batches": holdout_batches(cache, held) if held else [],
-        "mlflow_run_id": run_id,
-        "tracking_uri": uri,
-        "system_metrics": config.tracking.log_system_metrics,
+        "tracking": tracker.handle() if tracker else None,  # rank 0 reattaches to the run
         "fault_dir": run_dir if not storage.is_uri(run_dir) else "/tmp/ray-ltx-faults",
         "storage_dir": run_dir,
         "fault": os.environ.get("RAY_LTX_FAULT"),
@@ -430,44 +482,84 @@ def _as_user_error(error: BaseException) -> BaseException:
     return cause if isinstance(cause, UserError) else error
 
 
-def _log_outputs(config: Config, uri: str, run_id: str, output_dir: str, cache, memory: list[dict[str, Any]]) -> None:
-    from ray_ltx import tracking
+def _finish_tracking(config: Config, tracker: Tracker, output_dir: str, cache, memory: list[dict[str, Any]],
+                     workers: dict[str, Any] | None = None) -> str | None:
+    """Log the outputs (and register the weights) and end the run FINISHED, best effort: the weights are in
+    output_dir already, so a tracking outage now costs the run's record, not the run (which still exits 0).
+    Returns where the registered weights load from, if they were registered."""
+    problem = None if tracker.available(END_OF_RUN_WAIT_S) else "it does not answer, or refuses the credentials"
+    if problem is None:
+        try:
+            registered = _log_outputs(config, tracker, output_dir, cache, memory, workers or {})
+            tracker.end("FINISHED")
+            return registered
+        except Exception as error:
+            problem = f"{type(error).__name__}: {redact(str(error))[:300]}"
+    weights, artifact_dir = _weights(config, output_dir)
+    log.warning("%s could not record the end of run %s (%s). The weights are safe at %s. Once %s is back, log them "
+                "and end the run with:\n%s", tracker.title, tracker.run_id, problem, weights, tracker.title,
+                tracker.recovery_hint(str(weights), artifact_dir))
+    return None
 
+
+def _end_run_quietly(tracker: Tracker, status: str, error: str, wait_s: float = 10.0) -> None:
+    """End a failed or stopped run; the tracker being down too must not hide the run's own error."""
+    try:
+        if tracker.available(wait_s):
+            tracker.end(status, error=error)
+            return
+    except Exception as tracking_error:
+        log.debug("ending run %s: %s", tracker.run_id, tracking_error)
+    log.warning("%s did not answer: run %s could not be marked %s and stays RUNNING", tracker.title,
+                tracker.run_id, status)
+
+
+def _weights(config: Config, output_dir: str) -> tuple[Path, str]:
+    """The final weights in output_dir, and where the run keeps them."""
+    if config.training.training_type == "lora":
+        return Path(output_dir) / DIFFUSERS_WEIGHTS, "weights"
+    return Path(output_dir) / "transformer", "weights/transformer"
+
+
+def _log_outputs(config: Config, tracker: Tracker, output_dir: str, cache, memory: list[dict[str, Any]],
+                 workers: dict[str, Any]) -> str | None:
     local = Path(output_dir)
-    weights = {"weights": local / "pytorch_lora_weights.safetensors"} if config.training.training_type == "lora" \
-        else {"weights/transformer": local / "transformer"}
-    tracking.log_artifacts(uri, run_id, {"": local / RESOLVED_CONFIG, "config": local / TRAINING_CONFIG, **weights,
-                                         "memory": local / "memory.md"})
+    for artifact_dir, path in (("", local / RESOLVED_CONFIG), ("config", local / TRAINING_CONFIG),
+                               ("memory", local / MEMORY_MD)):
+        tracker.log_artifact(path, artifact_dir)
     if memory:
-        tracking.log_table(uri, run_id, memory, "memory/memory_report.json")
-    summary = cache.manifest.summary()
-    tracking.client(uri).log_dict(run_id, summary, "cache/manifest_summary.json")
+        tracker.log_table(memory, "memory/memory_report.json")
+    tracker.log_dict(cache.manifest.summary(), "cache/manifest_summary.json")
+    elastic.log_to_tracker(tracker, workers)
+    registered = tracker.log_model(*_weights(config, output_dir), config.tracking.register_model)
+    if registered:
+        log.info("the weights are registered: %s", registered)
+    return registered
 
 
 def format_summary(config: Config, result: TrainResult) -> str:
+    output_dir = redact(result.output_dir)
     lines = [
         "",
         "=" * 72,
         f"ray-ltx train: {config.training.training_type}, {result.steps} steps in {result.seconds:.0f} s, "
         f"final loss {result.final_loss:.4f}" if result.final_loss is not None else
         f"ray-ltx train: {config.training.training_type}, {result.steps} steps",
-        f"  outputs:     {result.output_dir}",
+        f"  outputs:     {output_dir}",
     ]
     if config.training.training_type == "lora":
-        lines.append(f"               pytorch_lora_weights.safetensors (pipe.load_lora_weights('{result.output_dir}')), "
-                     "comfyui_lora_weights.safetensors")
+        lines.append(f"               {DIFFUSERS_WEIGHTS} (pipe.load_lora_weights('{output_dir}')), {COMFYUI_WEIGHTS}")
         lines.append("               each checkpoint's LoRA: <checkpoint>/lora, or `ray-ltx export OUTPUT_DIR --step N`")
     else:
-        lines.append(f"               transformer/ (a diffusers folder: from_pretrained('{result.output_dir}/transformer'))")
-    lines.append(f"  checkpoint:  {result.checkpoint}")
+        lines.append(f"               transformer/ (a diffusers folder: from_pretrained('{output_dir}/transformer'))")
+    lines.append(f"  checkpoint:  {redact(result.checkpoint or '')}")
     workers = elastic.describe(result.workers)
     if workers:
         lines.append(f"  workers:     {workers}")
-    if result.mlflow_run_id:
-        from ray_ltx import tracking
-
-        lines.append(f"  MLflow run:  {result.mlflow_run_id} (experiment {config.tracking.tracker_name!r})")
-        lines.append(f"  MLflow UI:   mlflow ui --backend-store-uri {tracking.redact(result.tracking_uri or '')}")
+    if result.tracking:
+        lines.append(f"  tracking:    {result.tracking}")
+    if result.registered_model:
+        lines.append(f"  registered:  {result.registered_model}")
     if result.memory:
         peak = max(result.memory, key=lambda r: r["max_memory_reserved"])
         final = result.memory[-1]

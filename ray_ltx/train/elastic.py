@@ -7,7 +7,8 @@ it starts and each step it finishes. The journal turns that into one event per r
 many workers to how many, the step the old group had reached, the checkpoint step the new one resumed
 from, the steps lost (trained again) and the seconds lost (from the old group's last step until the new
 group is back at that step, or until the next restart: the restart, the model load and the replay). The
-driver reads the events at the end of the run for MLflow (a table and one tag per resize) and the summary.
+driver reads the events at the end of the run for the tracking run (MLflow or W&B: a table and one tag per
+resize) and the summary.
 """
 
 from __future__ import annotations
@@ -122,18 +123,17 @@ def describe(record: dict[str, Any]) -> str | None:
             f"{steps} step{'s' * (steps != 1)} and {seconds_lost(record):.0f} s lost to them")
 
 
-def log_to_mlflow(uri: str, run_id: str, record: dict[str, Any]) -> None:
-    """The restarts as a table artifact and one ``resize.<n>`` tag per restart."""
-    from ray_ltx import tracking
-
+def log_to_tracker(tracker: Any, record: dict[str, Any]) -> None:
+    """The restarts as a table artifact and one ``resize.<n>`` tag per restart (``tracker``: a
+    :class:`~ray_ltx.tracking.Tracker`)."""
     restarts = record.get("restarts", [])
     if not restarts:
         return
-    tracking.log_table(uri, run_id, restarts, RESIZES_ARTIFACT)
-    mlflow_client = tracking.client(uri)
+    tracker.log_table(restarts, RESIZES_ARTIFACT)
+    tags = {}
     for number, event in enumerate(restarts, 1):
         lost = "?" if event["seconds_lost"] is None else f"{event['seconds_lost']:.1f}"
-        mlflow_client.set_tag(run_id, f"resize.{number}",
-                              f"{event['time']} at step {event['from_step']}: {event['from_workers']} -> "
-                              f"{event['to_workers']} workers, resumed from step {event['resumed_step']}, "
-                              f"{event['steps_lost']} steps and {lost} s lost")
+        tags[f"resize.{number}"] = (f"{event['time']} at step {event['from_step']}: {event['from_workers']} -> "
+                                    f"{event['to_workers']} workers, resumed from step {event['resumed_step']}, "
+                                    f"{event['steps_lost']} steps and {lost} s lost")
+    tracker.set_tags(tags)

@@ -1,4 +1,4 @@
-"""The distribution engine: one small interface over plain DDP and DeepSpeed ZeRO.
+"""The distribution engine: one small interface over plain DDP, DeepSpeed ZeRO and FSDP2 (``fsdp.py``).
 
 The training loop reads the same for both::
 
@@ -249,4 +249,8 @@ def deepspeed_config(config: Config, world_size: int) -> dict[str, Any]:
 def build_engine(model: nn.Module, config: Config, device: torch.device, world_size: int) -> Engine:
     if config.distributed.backend == "deepspeed":
         return DeepSpeedEngine(model, config, device, world_size)
+    if config.distributed.backend == "fsdp":
+        from ray_ltx.train.fsdp import FSDPEngine
+
+        return FSDPEngine(model, config, device, world_size)
     return DDPEngine(model, config, device, world_size)

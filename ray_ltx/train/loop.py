@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shutil
 import tempfile
 import time
@@ -22,17 +23,18 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from ray_ltx import storage
+from ray_ltx import faults, storage
 from ray_ltx.config import Config
 from ray_ltx.data.cache import LatentCache, read_empty_prompt
 from ray_ltx.errors import OutOfMemoryError, TrainingDivergedError, UserError
+from ray_ltx.logs import setup_logging
 from ray_ltx.model.family import LatentSpec, ModelFamily, family_for, torch_dtype
 from ray_ltx.model.flow import drop_captions, flow_matching_loss, heldout_loss
 from ray_ltx.train import checkpoint as ckpt
-from ray_ltx.train import elastic, faults, validation
+from ray_ltx.train import elastic, validation
 from ray_ltx.train.data import DataPlan, MicroBatchReader, record_samples
 from ray_ltx.train.engine import build_engine
-from ray_ltx.train.memory import MemoryReport
+from ray_ltx.train.memory import MEMORY_JSON, MEMORY_MD, MemoryReport
 
 log = logging.getLogger("ray_ltx.train")
 
@@ -50,16 +52,21 @@ def prepare_transformer(config: Config, family: ModelFamily, device: torch.devic
         # Before LoRA injection, so only the frozen base layers are stored in float8.
         transformer.enable_layerwise_casting(storage_dtype=getattr(torch, config.model.layerwise_upcasting_storage_dtype),
                                              compute_dtype=compute)
+    frozen = family.frozen_modules()
     if full:
         transformer.requires_grad_(True)
-        count = sum(p.numel() for p in transformer.parameters())
+        if frozen:
+            for name, param in transformer.named_parameters():
+                param.requires_grad_(not re.fullmatch(frozen, name))
+        count = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
     else:
-        count = add_lora(transformer, config)
-    if config.training.gradient_checkpointing:
+        count = add_lora(transformer, config, frozen)
+    fsdp = config.distributed.backend == "fsdp"  # the FSDP engine checkpoint-wraps and compiles its blocks itself
+    if config.training.gradient_checkpointing and not fsdp:
         transformer.enable_gradient_checkpointing()
     transformer.to(device)
     transformer.train()
-    if config.training.compile:
+    if config.training.compile and not fsdp:
         mode = None if config.training.compile_mode == "default" else config.training.compile_mode
         for block in family.transformer_blocks(transformer):
             block.compile(mode=mode)
@@ -80,41 +87,38 @@ def _all_reduce(values: list[float], device: torch.device, world: int) -> list[f
 
 
 class _Tracker:
-    """Rank 0's MLflow metric logger, or nothing."""
+    """Rank 0's side of the tracking run (metrics, validation videos), or nothing."""
 
     def __init__(self, loop_config: dict[str, Any], rank: int):
-        self.logger = None
-        if rank == 0 and loop_config.get("mlflow_run_id"):
-            from ray_ltx.tracking import RunLogger
+        self.run = None
+        if rank == 0 and loop_config.get("tracking"):
+            from ray_ltx import tracking
 
-            self.logger = RunLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"],
-                                    system_metrics=loop_config.get("system_metrics", False))
+            self.run = tracking.attach(loop_config["tracking"])
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        if self.logger:
-            self.logger.log(step, metrics)
+        if self.run:
+            self.run.log_metrics(step, metrics)
 
     def flush(self) -> None:
-        """At each checkpoint: what a restart would not replay must be in MLflow already."""
-        if self.logger:
-            self.logger.flush()
+        """At each checkpoint: what a restart would not replay must be tracked already."""
+        if self.run:
+            self.run.flush()
 
     def log_videos(self, step: int, outputs: list, output_dir: str) -> None:
-        """Copy validation videos to ``<output_dir>/validation/`` and log them (with prompts) to MLflow."""
+        """Copy validation videos to ``<output_dir>/validation/`` and log them, with their prompts, to the run."""
         from ray_ltx import storage
 
         for path, item in outputs:
             relative = f"validation/step_{step:06d}/{path.name}"
             storage.write_bytes(storage.join(output_dir, relative), path.read_bytes())
-            prompt_file = path.with_suffix(".txt")
-            prompt_file.write_text(f"{item.prompt}\n{item.num_frames}x{item.height}x{item.width}\n")
-            if self.logger:
-                self.logger.log_artifact(path, f"validation/step_{step:06d}")
-                self.logger.log_artifact(prompt_file, f"validation/step_{step:06d}")
+            if self.run:
+                self.run.log_video(step, f"validation/{path.stem}", path,
+                                   f"{item.prompt}\n{item.num_frames}x{item.height}x{item.width}")
 
     def close(self, spill_dir: Path) -> None:
-        if self.logger:
-            self.logger.close(spill_dir)
+        if self.run:
+            self.run.close(spill_dir)
 
 
 def _save_checkpoint(engine, state: ckpt.TrainState, rank: int, metrics: dict[str, Any], fault_dir: str,
@@ -145,31 +149,39 @@ def _save_checkpoint(engine, state: ckpt.TrainState, rank: int, metrics: dict[st
 
 
 def _restore(engine, loop_config: dict[str, Any], config: Config, world: int) -> ckpt.TrainState | None:
-    """Load the newest complete checkpoint: of this run's storage folder, or the one asked to resume from.
+    """Load the newest complete checkpoint that loads: of this run's storage folder, or the one asked to resume from.
 
     The storage folder is scanned rather than trusting ``ray.train.get_checkpoint()`` alone: a
     checkpoint every rank finished writing is usable even if the controller died (driver killed) or
     failed (a worker lost) before registering it, and the driver planned the data from the same scan.
+    A checkpoint whose files pass the size check but fail to load (a corrupted byte) is marked damaged and
+    the run stops with that message; the next resume starts from the checkpoint before it.
     """
-    from ray_ltx.train.driver import latest_checkpoint, read_state
+    from ray_ltx.errors import CheckpointError
 
-    candidates = []
-    found = latest_checkpoint(loop_config["storage_dir"])
-    if found is not None:
-        candidates.append(found)
+    candidates = list(ckpt.complete_checkpoints(loop_config["storage_dir"]))
     if loop_config.get("resume_path"):
-        candidates.append((loop_config["resume_path"], read_state(loop_config["resume_path"])))
+        candidates.append((loop_config["resume_path"], ckpt.verify(loop_config["resume_path"])))
+    candidates.sort(key=lambda item: item[1].step, reverse=True)
     if not candidates:
         return None
-    path, state = max(candidates, key=lambda item: item[1].step)
-    if state.step < loop_config["plan_start_step"]:
-        from ray_ltx.errors import CheckpointError
-
+    if candidates[0][1].step < loop_config["plan_start_step"]:
         raise CheckpointError(f"the workers see no checkpoint of step {loop_config['plan_start_step']} in "
                               f"{loop_config['storage_dir']}: --storage_path must be storage every node reaches")
+    path, state = candidates[0]
     ckpt.check_compatible(state, config, world, path)
-    with ray.train.Checkpoint(path).as_directory() as directory:
-        engine.load(Path(directory))
+    try:
+        with ray.train.Checkpoint(path).as_directory() as directory:
+            engine.load(Path(directory))
+    except CheckpointError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a damaged file: mark it so the next resume takes the one before
+        reason = f"{type(error).__name__}: {error}"
+        ckpt.mark_damaged(path, reason)
+        previous = next((p for p, s in candidates[1:]), None)
+        raise CheckpointError(
+            f"{path} did not load ({reason}); it is now marked damaged. Rerun with --resume_from_checkpoint latest to "
+            f"continue from the checkpoint before it ({previous or 'none: the run starts over'})") from None
     return state
 
 
@@ -222,7 +234,7 @@ def _train(loop_config: dict[str, Any]) -> dict[str, Any]:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     training, diffusion = config.training, config.diffusion
     compute = torch_dtype(config.model.transformer_dtype)
     fault_dir, fault_spec = loop_config["fault_dir"], loop_config.get("fault")
@@ -272,8 +284,9 @@ def _train(loop_config: dict[str, Any]) -> dict[str, Any]:
         return value / len(heldout)
 
     validating = validation.enabled(config)
-    # Under ZeRO-3 the weights are sharded, so every rank joins the forward passes; otherwise rank 0 alone.
-    all_ranks_validate = config.distributed.backend == "deepspeed" and config.distributed.deepspeed_stage == 3
+    # Under ZeRO-3 and FSDP the weights are sharded, so every rank joins the forward passes; otherwise rank 0 alone.
+    all_ranks_validate = config.distributed.backend == "fsdp" or (
+        config.distributed.backend == "deepspeed" and config.distributed.deepspeed_stage == 3)
 
     validation_error: list[str | None] = [None]
 
@@ -460,5 +473,5 @@ def _export(weights: dict[str, torch.Tensor] | None, config: Config, family: Mod
         if unexpected:
             raise RuntimeError(f"unexpected weights in the finetuned state: {unexpected[:3]}")
         transformer.save_pretrained(directory / "transformer", safe_serialization=True)
-    (directory / "memory.md").write_text(memory.to_markdown() + "\n")
-    (directory / "memory.json").write_text(memory.to_json())
+    (directory / MEMORY_MD).write_text(memory.to_markdown() + "\n")
+    (directory / MEMORY_JSON).write_text(memory.to_json())

@@ -28,6 +28,10 @@ def memory_now(device: torch.device) -> tuple[float, float]:
     return _rss_bytes() / GIB, peak_kib * 1024 / GIB
 
 
+MEMORY_MD = "memory.md"
+MEMORY_JSON = "memory.json"
+
+
 @dataclass
 class MemoryReport:
     device: torch.device

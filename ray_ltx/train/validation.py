@@ -17,6 +17,7 @@ import torch
 
 from ray_ltx.config import Config
 from ray_ltx.errors import ConfigError
+from ray_ltx.media import load_image
 
 log = logging.getLogger(__name__)
 
@@ -68,35 +69,11 @@ def check(config: Config, family) -> None:
             load_image(item.image, item.height, item.width)
 
 
-def load_image(path: str, height: int, width: int):
-    """The first-frame image, resized and centre-cropped to (height, width) if its aspect ratio differs."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-    except (OSError, UnidentifiedImageError) as error:
-        raise ConfigError(f"validation image {path}: cannot be read as an image ({error})") from None
-    return fit_image(image, height, width, path)
-
-
-def fit_image(image, height: int, width: int, name: str = "image"):
-    """Scale to cover (height, width), then centre-crop: the bucket's framing, as clips are prepared."""
-    w, h = image.size
-    if abs(w / h - width / height) > 0.01:
-        log.info("%s: aspect ratio %.3f differs from %dx%d (%.3f): scaled to cover it and centre-cropped", name,
-                 w / h, width, height, width / height)
-    scale = max(width / w, height / h)
-    resized = image.resize((max(width, round(w * scale)), max(height, round(h * scale))))
-    left, top = (resized.width - width) // 2, (resized.height - height) // 2
-    return resized.crop((left, top, left + width, top + height))
-
-
 @torch.no_grad()
 def render_validation(transformer: torch.nn.Module, config: Config, family, device: torch.device, step: int,
                       out_dir: Path) -> list[tuple[Path, ValidationPrompt]]:
     """Generate every validation prompt with ``transformer`` as it is now; returns (mp4, prompt) pairs."""
-    from ray_ltx.generate import write_mp4
+    from ray_ltx.media import write_mp4
     from ray_ltx.model.family import torch_dtype
 
     v = config.validation

@@ -1,9 +1,9 @@
-"""What a sweep leaves: the trial table, ``best_config.yaml``, and its runs in MLflow.
+"""What a sweep leaves: the trial table, ``best_config.yaml``, and its runs in the tracker (MLflow or W&B).
 
 The table comes from Tune's ResultGrid: each trial's Result gives its values, last metrics, error and
 whether it is done; the ``trial_result.json`` its training wrote tells a trial that trained to the end
-from one the scheduler stopped. All MLflow bookkeeping (the sweep's parent run, the trials' runs
-nested under it) is in :class:`SweepRuns` at the end of this module.
+from one the scheduler stopped. All tracking bookkeeping (the sweep's parent run, the trials' runs
+nested under it) is in :class:`SweepRuns` at the end of this module, through the tracker interface.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ray.tune import Result, ResultGrid
 
 from ray_ltx import storage, tracking
 from ray_ltx.config import Config
+from ray_ltx.errors import TrackingError
 from ray_ltx.redaction import MASK, redact, redact_value, redacted_config
 from ray_ltx.tune.spec import Dimension, SweepSpec, apply_params, plain, tied_values
 from ray_ltx.tune.trial import read_trial_result, trial_dir
@@ -43,6 +44,7 @@ class SweepResult:
     parent_run_id: str | None
     tracking_uri: str | None
     seconds: float = 0.0
+    tracking: str | None = None  # where the sweep's run is recorded, in words
 
 
 # -- the trial table ----------------------------------------------------------------------------------
@@ -180,119 +182,110 @@ def format_footer(result: SweepResult) -> str:
         path = redact(result.best_config_path or "")
         lines.append(f"  best config: {path} (ray-ltx train --config {path})")
     if result.parent_run_id:
-        lines.append(f"  MLflow sweep run: {result.parent_run_id} (nested runs: one per trial); "
-                     f"mlflow ui --backend-store-uri {redact(result.tracking_uri or '')}")
+        lines.append(f"  sweep run: {result.tracking} (nested runs: one per trial)")
     lines.append(f"  Tune state: {redact(result.experiment_path)} ({result.seconds:.0f} s)")
     return "\n".join(lines)
 
 
-# -- MLflow: the sweep's parent run and the trials' runs under it --------------------------------------
+# -- tracking: the sweep's parent run and the trials' runs under it -------------------------------------
 
 
 class SweepRuns:
-    """The sweep's MLflow parent run. Each trial's training opens its own run nested under it (named
+    """The sweep's parent run. Each trial's training opens its own run nested under it (named
     ``trial-<trial_id>``); the sweep tags those with their Tune outcome and ends the ones Tune cut short."""
 
-    def __init__(self, uri: str, run_id: str):
-        self.uri, self.run_id = uri, run_id
-        self._client = tracking.client(uri)
+    def __init__(self, tracker: tracking.Tracker):
+        self.tracker = tracker
+        self.run_id = tracker.run_id
 
     @classmethod
     def start(cls, config: Config, spec: SweepSpec) -> SweepRuns:
         space = {d.field: d.describe() for d in spec.dimensions}
-        run_id = tracking.start_run(config, run_name=spec.name, extra_params={
+        return cls(tracking.start(config, run_name=spec.name, extra_params={
             "sweep.name": spec.name, "sweep.metric": spec.metric, "sweep.mode": spec.mode,
             "sweep.num_samples": spec.num_samples, "sweep.search_alg": spec.search_alg.type,
             "sweep.scheduler": spec.scheduler.type, "sweep.space": redact(json.dumps(space)),
-        }, tags={"ray_ltx.kind": "sweep", "ray_ltx.sweep": spec.name})
-        return cls(config.tracking_uri, run_id)
+        }, tags={"ray_ltx.kind": "sweep", "ray_ltx.sweep": spec.name}))
 
     @classmethod
-    def reopen(cls, uri: str, run_id: str) -> SweepRuns:
+    def reopen(cls, config: Config, run_id: str) -> SweepRuns:
         """The parent run of a sweep continued by --resume, running again."""
-        runs = cls(uri, run_id)
-        runs._client.update_run(run_id, status="RUNNING")
-        runs._client.set_tag(run_id, "run_status", "RUNNING")
-        if "error" in runs._client.get_run(run_id).data.tags:
-            runs._client.delete_tag(run_id, "error")
-        # Runs of trials the stopped driver left behind end now; --resume restarts those trials in new runs.
-        for child in runs._children():
-            if child.info.status == "RUNNING":
+        tracker = tracking.resume(config, run_id)
+        if tracker is None:
+            raise TrackingError(f"--resume: the sweep's run {run_id} is gone from the tracker; start the sweep anew "
+                                "in another --output_dir, or resume it against the tracker that holds the run")
+        runs = cls(tracker)
+        # Trials the stopped driver left running end now; --resume restarts them, each continuing its own run.
+        for child in runs.tracker.children():
+            if child.status == "RUNNING":
                 runs._end_killed(child, error="the sweep's driver stopped; trial restarted by --resume")
         return runs
 
-    def _children(self) -> list:
-        experiment_id = self._client.get_run(self.run_id).info.experiment_id
-        return self._client.search_runs([experiment_id], max_results=5000,
-                                        filter_string=f"tags.`mlflow.parentRunId` = '{self.run_id}'")
-
-    def _end(self, status: str, error: str | None = None, run_id: str | None = None) -> None:
-        tracking.end_run(self.uri, run_id or self.run_id, status, error=error)
-
-    def _end_killed(self, run, *, error: str | None = None, stopped_early: str | None = None) -> None:
+    def _end_killed(self, run: tracking.RunInfo, *, error: str | None = None, stopped_early: str | None = None) -> None:
         """End a trial's run KILLED, with why: ``error`` (the sweep stopped) or ``stopped_early`` (the scheduler)."""
-        run_id = run.info.run_id
-        if not error and "error" in run.data.tags:  # an error the trial recorded for a stop that was no failure
-            self._client.delete_tag(run_id, "error")
+        trial = self.tracker.child(run.run_id)
+        if not error and "error" in run.tags:  # an error the trial recorded for a stop that was no failure
+            trial.delete_tag("error")
         if stopped_early:
-            self._client.set_tag(run_id, "stopped_early", stopped_early)
-        self._end("KILLED", error=error, run_id=run_id)
+            trial.set_tags({"stopped_early": stopped_early})
+        trial.end("KILLED", error=error)
 
     def fail(self, error: BaseException) -> None:
-        self._end("FAILED", error=f"{type(error).__name__}: {error}")
+        self.tracker.end("FAILED", error=f"{type(error).__name__}: {error}")
 
     def interrupted(self) -> None:
-        self._end("KILLED", error="sweep interrupted; continue with --resume")
+        self.tracker.end("KILLED", error="sweep interrupted; continue with --resume")
 
     def close_trials(self, rows: list[dict[str, Any]]) -> None:
         """Tag each trial's run with its Tune outcome; end the runs of trials Tune stopped (they could not).
 
         Sets ``mlflow_run_id`` in the rows of trials whose training did not return it.
         """
-        by_name: dict[str, list] = {}
-        for child in self._children():
-            by_name.setdefault(child.info.run_name or "", []).append(child)
+        by_name: dict[str, list[tracking.RunInfo]] = {}
+        for child in self.tracker.children():
+            by_name.setdefault(child.name, []).append(child)
         for row in rows:
-            runs = sorted(by_name.get(f"trial-{row['trial_id']}", []), key=lambda r: r.info.start_time or 0)
+            runs = sorted(by_name.get(f"trial-{row['trial_id']}", []), key=lambda r: r.start_time)
             if not runs:
                 continue
             if row["status"] not in DONE:
                 # the sweep was stopped under this trial (its run may have recorded the actor's death as a failure)
                 for run in runs:
-                    if run.info.status in ("RUNNING", "FAILED"):
+                    if run.status in ("RUNNING", "FAILED"):
                         self._end_killed(run, error="the sweep was stopped; --resume restarts this trial")
                 continue
             latest = runs[-1]
-            row["mlflow_run_id"] = row["mlflow_run_id"] or latest.info.run_id
-            self._client.set_tag(latest.info.run_id, "tune.trial_id", row["trial_id"])
-            self._client.set_tag(latest.info.run_id, "tune.status", row["status"])
-            if row["status"] == "EARLY_STOPPED" and latest.info.status in ("RUNNING", "FAILED"):
+            row["mlflow_run_id"] = row["mlflow_run_id"] or latest.run_id
+            trial = self.tracker.child(latest.run_id)
+            trial.set_tags({"tune.trial_id": row["trial_id"], "tune.status": row["status"]})
+            if row["status"] == "EARLY_STOPPED" and latest.status in ("RUNNING", "FAILED"):
                 # The trial's training may have seen the scheduler's stop as an error and ended its run FAILED.
                 self._end_killed(latest, stopped_early=f"stopped by the scheduler at step {row['step']}")
-            elif latest.info.status == "RUNNING" and row["status"] in ("FAILED", "FINISHED"):
-                self._end(row["status"], error=row.get("error"), run_id=latest.info.run_id)
+            elif latest.status == "RUNNING" and row["status"] in ("FAILED", "FINISHED"):
+                trial.end(row["status"], error=row.get("error"))
 
     def finish(self, spec: SweepSpec, rows: list[dict[str, Any]], best: dict[str, Any] | None,
                best_config_path: str | None) -> None:
         """The trial table, the counts, the best trial and its config in the parent run; then end it."""
         table = [{k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in redact_value(row).items()}
                  for row in rows]
-        tracking.log_table(self.uri, self.run_id, table, "sweep/trials.json")
-        for status in DONE:
-            self._client.set_tag(self.run_id, f"trials_{status.lower()}", str(sum(r["status"] == status for r in rows)))
+        self.tracker.log_table(table, "sweep/trials.json")
+        self.tracker.set_tags({f"trials_{status.lower()}": str(sum(r["status"] == status for r in rows))
+                               for status in DONE})
         if Path(spec.source).is_file():
             source = Path(spec.source)
-            self._client.log_text(self.run_id, redact(source.read_text(encoding="utf-8")), f"sweep/{source.name}")
+            self.tracker.log_text(redact(source.read_text(encoding="utf-8")), f"sweep/{source.name}")
         if best is None:
-            self._end("FAILED", error=f"no trial reported {spec.metric}")
+            self.tracker.end("FAILED", error=f"no trial reported {spec.metric}")
             return
-        self._client.set_tag(self.run_id, "best_trial_id", best["trial_id"])
-        self._client.set_tag(self.run_id, "best_run_id", best.get("mlflow_run_id") or "")
-        self._client.set_tag(self.run_id, f"best_{spec.metric}", f"{best[spec.metric]:.6g}")
+        tags = {"best_trial_id": best["trial_id"], "best_run_id": best.get("mlflow_run_id") or "",
+                f"best_{spec.metric}": f"{best[spec.metric]:.6g}"}
         for name in param_columns(spec):
             value = best[name]
-            self._client.set_tag(self.run_id, f"best.{name}", repr(value) if isinstance(value, float) else _show(value))
-        self._client.log_metric(self.run_id, f"best_{spec.metric}", float(best[spec.metric]))
+            tags[f"best.{name}"] = repr(value) if isinstance(value, float) else _show(value)
+        self.tracker.set_tags(tags)
+        self.tracker.log_metrics(0, {f"best_{spec.metric}": float(best[spec.metric])})
+        self.tracker.flush(attempts=3)
         if best_config_path and not storage.is_uri(best_config_path):
-            tracking.log_artifacts(self.uri, self.run_id, {"sweep": best_config_path})
-        self._end("FINISHED")
+            self.tracker.log_artifact(Path(best_config_path), "sweep")
+        self.tracker.end("FINISHED")

@@ -1,7 +1,7 @@
 """The sweep's driver: ``ray-ltx tune`` builds the latent cache once, then runs the trials with a Ray Tune Tuner.
 
 Tune keeps its state in ``<output_dir>/tune/<name>``; beside it, ``ray_ltx_sweep.json`` keeps what
-``--resume`` needs besides (the sweep as started, its base config, its MLflow parent run), with
+``--resume`` needs besides (the sweep as started, its base config, its parent run in the tracker), with
 credentials masked: a resumed sweep takes them again from the config it is given. Ctrl+C or SIGTERM
 stops the trials and saves the state; ``--resume`` restores the Tuner (``Tuner.restore``) and runs the
 trials that had not ended. Everything goes through Ray Tune's public API.
@@ -234,13 +234,14 @@ def run_sweep(config: Config, sweep_path: str | os.PathLike[str], *, resume: boo
     ensure_cache(trial_base)  # the latent cache, once, before any trial: trials only open it
 
     runs = None
+    tracking_uri = trial_base.tracking_uri if tracking.enabled(trial_base) else None
     if tracking.enabled(trial_base):
-        uri = trial_base.tracking_uri
-        runs = SweepRuns.reopen(uri, state.parent_run_id) if state.parent_run_id else SweepRuns.start(trial_base, spec)
+        runs = (SweepRuns.reopen(trial_base, state.parent_run_id) if state.parent_run_id
+                else SweepRuns.start(trial_base, spec))
         state.parent_run_id = runs.run_id
-        log.info("MLflow parent run %s for sweep %r", runs.run_id, spec.name)
+        log.info("sweep %r: parent run %s", spec.name, runs.tracker.describe())
     if not resume:
-        state.save(state_path, tracking_uri=runs.uri if runs else None, sweep_file=str(Path(sweep_path).absolute()))
+        state.save(state_path, tracking_uri=tracking_uri, sweep_file=str(Path(sweep_path).absolute()))
 
     trainable = tune.with_parameters(ray_ltx_trial, base=base, ties=spec.ties, sweep_name=spec.name,
                                      metric=spec.metric, parent_run_id=state.parent_run_id)
@@ -278,8 +279,8 @@ def run_sweep(config: Config, sweep_path: str | os.PathLike[str], *, resume: boo
     result = SweepResult(spec.name, spec.metric, spec.mode, experiment_path, rows,
                          best["trial_id"] if best else None, best[spec.metric] if best else None,
                          {name: best[name] for name in param_columns(spec)} if best else {},
-                         best_path, runs.run_id if runs else None, runs.uri if runs else None,
-                         round(time.monotonic() - started, 1))
+                         best_path, runs.run_id if runs else None, tracking_uri,
+                         round(time.monotonic() - started, 1), runs.tracker.describe() if runs else None)
     print(format_footer(result))
     if best is None:
         errors = "; ".join(f"{r['trial_id']}: {r['error']}" for r in rows if r.get("error"))[:2000]

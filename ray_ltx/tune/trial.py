@@ -17,6 +17,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from ray_ltx import storage
 from ray_ltx.config import Config
+from ray_ltx.logs import setup_logging
 from ray_ltx.tune.spec import Dimension, apply_params
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def ray_ltx_trial(params: dict[str, Any], *, base: dict[str, Any], ties: list[Di
 
     from ray_ltx.train.driver import train
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     trial_id = ray.tune.get_context().get_trial_id()
     config = trial_config(base, params, ties, trial_id=trial_id, sweep_name=sweep_name)
     log.info("trial %s: %s -> %s", trial_id, params, config.output_dir)
