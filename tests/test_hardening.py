@@ -338,7 +338,7 @@ def test_local_writes_fsync_the_file_before_the_rename_and_the_directory_after(t
 
 
 def test_a_crash_mid_export_leaves_the_previous_transformer_whole(tmp_path: Path, monkeypatch) -> None:
-    from ray_ltx.train.loop import EXPORT_DIR
+    from ray_ltx.train.checkpoint import EXPORT_DIR
 
     export = tmp_path / "checkpoint" / EXPORT_DIR / "transformer"
     export.mkdir(parents=True)
