@@ -4,16 +4,16 @@ run in one process without Ray, with parts of the loop's per-step work switched 
 
 Variants (full size, LoRA r128 on to_q,to_k,to_v,to_out.0, every block compiled, fused AdamW, batch 1):
 
-- ``loop``: what ``ray_ltx.train.loop.train_loop`` does per step after getting a row: decode the row
-  (``micro_batch_from_row``), copy it to the GPU, a per-step CUDA generator, ``flow_matching_loss``,
+- ``loop``: what ``ray_ltx.train.loop.train_loop`` does per step after the reader hands it a micro-batch: copy
+  it to the GPU, a per-micro-batch CUDA generator, ``flow_matching_loss``,
   backward, ``float(loss)``, a float64 tensor for the all-reduce values and ``.tolist()``,
   ``engine.step()`` (clip + optimizer + scheduler), ``torch.cuda.synchronize``;
 - ``loop_1thread``: the same with ``torch.set_num_threads(1)`` (Ray gives a 1-CPU worker OMP_NUM_THREADS=1);
 - ``gpu_batch``: the batch already on the GPU, otherwise as ``loop``;
 - ``no_sync``: the batch on the GPU, no per-step host sync (one sync at the end): the GPU-bound floor.
 
-Also the Ray Data feed alone: ``ray_ltx.train.data.training_dataset`` iterated row by row with a
-0.1 s pause per row (a step's compute), timing each ``next()``.
+Also the feed alone: a worker's ``ray_ltx.train.data.MicroBatchReader`` (the cache read a few steps ahead
+by a thread) with a 0.1 s pause per step (a step's compute), timing each ``step()``.
 
 Usage (GPU):  python benchmarks/loop_breakdown.py --out $OUT/loop_breakdown_h100.json
 CPU smoke:    python benchmarks/loop_breakdown.py --tiny --out /tmp/loop_tiny.json
@@ -78,7 +78,7 @@ def main() -> int:
     parser.add_argument("--compile_mode", default=None,
                         help="compile each block with this torch.compile mode instead of ray-ltx's block.compile() "
                              "(e.g. reduce-overhead: CUDA graphs)")
-    parser.add_argument("--no_feed", action="store_true", help="skip the Ray Data feed measurement")
+    parser.add_argument("--no_feed", action="store_true", help="skip the feed measurement")
     args = parser.parse_args()
 
     import torch
@@ -87,7 +87,7 @@ def main() -> int:
     from ray_ltx.data.cache import LatentCache
     from ray_ltx.model.family import LatentSpec, family_for
     from ray_ltx.model.flow import flow_matching_loss
-    from ray_ltx.train.data import build_plan, load_micro_batches, micro_batch_from_row
+    from ray_ltx.train.data import DataPlan, MicroBatchReader
     from ray_ltx.train.engine import build_engine
     from ray_ltx.train.loop import prepare_transformer
 
@@ -111,9 +111,10 @@ def main() -> int:
 
     cache = LatentCache.open(str(cache_dir))
     ids = cache.sample_ids()
-    plan = build_plan(cache, {SHAPES[size]["bucket"]: ids}, args.batch, 1, 1, 0, 0, 64)
-    decoded = load_micro_batches({k: [r[k] for r in plan[:8]] for k in plan[0]}, str(cache_dir))
-    rows = [{k: v[i] for k, v in decoded.items()} for i in range(8)]
+    plan = DataPlan({SHAPES[size]["bucket"]: ids}, args.batch, 1, seed=0)
+    reader = MicroBatchReader(plan, cache, rank=0, world_size=1, first_step=0, last_step=8)
+    batches = [reader.step(i)[0][1] for i in range(8)]
+    reader.close()
 
     started = time.monotonic()
     family = family_for(config)
@@ -125,7 +126,7 @@ def main() -> int:
     engine = build_engine(transformer, config, device, 1)
     spec = LatentSpec.from_dict(latent_spec(size))
     report["load_s"] = round(time.monotonic() - started, 1)
-    gpu_batch = micro_batch_from_row(rows[0]).to(device, compute)
+    gpu_batch = batches[0].to(device, compute)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -134,7 +135,7 @@ def main() -> int:
     def step(i: int, from_row: bool, per_step_sync: bool) -> None:
         if args.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
-        batch = micro_batch_from_row(rows[i % len(rows)]).to(device, compute) if from_row else gpu_batch
+        batch = batches[i % len(batches)].to(device, compute) if from_row else gpu_batch
         generator = torch.Generator(device=device).manual_seed(1000 + i)
         with torch.autocast(device.type, dtype=compute):
             loss = flow_matching_loss(family, engine.module, batch, spec, config.diffusion, generator, compute)
@@ -194,28 +195,21 @@ def main() -> int:
 
     if args.no_feed:
         return 0
-    # The Ray Data feed alone: per-row latency of next() when each row is followed by 0.1 s of "compute".
-    import ray
-
-    from ray_ltx.train.data import training_dataset
-
-    ray.init(num_cpus=16 if not tiny else 4, include_dashboard=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = training_dataset(cache, plan)
-    it = iter(ds.iter_rows())
-    waits = []
+    # The feed alone: latency of a worker's reader per step when each step is followed by 0.1 s of "compute".
+    feed_steps = 64
     first = time.perf_counter()
-    next(it)
+    reader = MicroBatchReader(plan, cache, rank=0, world_size=1, first_step=0, last_step=feed_steps)
+    reader.step(0)
     first = time.perf_counter() - first
-    for _ in range(len(plan) - 1):
+    waits = []
+    for i in range(1, feed_steps):
         time.sleep(0.1)
         t0 = time.perf_counter()
-        row = next(it)
-        micro_batch_from_row(row)
+        reader.step(i)
         waits.append(time.perf_counter() - t0)
-    report["ray_data_feed"] = {"first_row_s": round(first, 2), "next_row_after_0.1s_compute": stats(waits)}
-    print("feed", json.dumps(report["ray_data_feed"]), flush=True)
-    ray.shutdown()
+    reader.close()
+    report["reader_feed"] = {"first_step_s": round(first, 2), "next_step_after_0.1s_compute": stats(waits)}
+    print("feed", json.dumps(report["reader_feed"]), flush=True)
     write_json(args.out, report)
     return 0
 

@@ -117,7 +117,8 @@ class DataConfig(_Section):
     caption_dropout_p: float = Field(default=0.0, ge=0.0, le=1.0)
     """Probability of replacing a sample's prompt with the empty prompt during training."""
     dataloader_num_workers: int = Field(default=0, ge=0)
-    """Batches prefetched per training worker by Ray Data (finetrainers' loader workers)."""
+    """finetrainers' loader workers, accepted for its scripts: each training worker reads its own micro-batches
+    from the cache, two steps ahead, in a background thread."""
     cache_dir: str | None = None
     """Latent cache location (local path or URI); default: <output_dir>/cache."""
     rebuild_cache: bool = False
@@ -267,9 +268,51 @@ class ValidationConfig(_Section):
     """Compute the held-out loss every N steps (needs holdout_samples > 0); default: with checkpoints."""
 
 
+def _parse_num_workers(value: Any) -> int | tuple[int, int]:
+    """``4`` (a fixed size), ``"1:4"`` or ``[1, 4]`` (elastic: any size from 1 to 4); ``"4:4"`` is ``4``."""
+    form = "a whole number of workers (e.g. 4) or MIN:MAX for an elastic run (e.g. 2:4, or [2, 4] in YAML)"
+    if isinstance(value, str):
+        parts = value.split(":")
+        if len(parts) > 2 or not all(part.strip().lstrip("-").isdigit() for part in parts):
+            raise ValueError(f"expected {form}")
+        value = [int(part) for part in parts]
+    if isinstance(value, list | tuple):
+        if len(value) == 1:
+            value = value[0]
+        elif len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"expected {form}")
+    if isinstance(value, bool) or not isinstance(value, int | list | tuple):
+        raise ValueError(f"expected {form}")
+    low, high = (value, value) if isinstance(value, int) else value
+    if low < 1:
+        raise ValueError("a run needs at least 1 worker: MIN must be 1 or more (e.g. 1:4)")
+    if low > high:
+        raise ValueError(f"MIN {low} is above MAX {high}: write MIN:MAX with MIN <= MAX, e.g. {high}:{low}")
+    return low if low == high else (low, high)
+
+
+def _show_num_workers(value: int | tuple[int, int]) -> int | str:
+    return value if isinstance(value, int) else f"{value[0]}:{value[1]}"
+
+
+#: Backends whose checkpoints load at another number of workers, which an elastic run needs (a lost or an added
+#: worker restarts the group at its new size from the latest checkpoint): DDP's rank 0 holds the whole state, FSDP's
+#: DCP checkpoints re-shard on load. DeepSpeed ZeRO partitions optimizer state by rank and loads it only at the size
+#: that wrote it (ray-ltx writes no universal checkpoints).
+RESIZABLE_BACKENDS = ("ddp", "fsdp")
+
+#: Worker-group restarts an elastic run allows by default: each lost worker or node uses one.
+ELASTIC_MAX_FAILURES = 10
+
+
 class DistributedConfig(_Section):
-    num_workers: int = Field(default=1, gt=0)
-    """Ray Train workers (one per GPU on GPU clusters)."""
+    num_workers: Annotated[int | tuple[int, int], BeforeValidator(_parse_num_workers),
+                           PlainSerializer(_show_num_workers)] = 1
+    """Ray Train workers (one per GPU on GPU clusters): N, or MIN:MAX for an elastic run that starts with what fits
+    (at least MIN), shrinks when a worker or node is lost and grows back up to MAX, each time restarting the workers
+    from the latest checkpoint. The global batch stays batch_size x gradient_accumulation_steps x MAX whatever the
+    size (at a size that does not divide gradient_accumulation_steps x MAX, some workers make a padding pass that
+    trains nothing); --backend ddp (or fsdp) only: a DeepSpeed checkpoint loads only at the size that wrote it."""
     use_gpu: bool | None = None
     """Train on GPUs; default: when the cluster has GPUs."""
     gpus_per_worker: float = Field(default=1.0, gt=0)
@@ -283,8 +326,9 @@ class DistributedConfig(_Section):
     backend: Literal["ddp", "deepspeed", "fsdp"] = "ddp"
     """How workers share the model: 'ddp' keeps a whole copy per worker (LoRA, and full finetunes that fit
     one GPU); 'deepspeed' shards optimizer state (ZeRO-2) or also parameters (ZeRO-3), with optional CPU
-    offload; 'fsdp' (torch FSDP2) shards parameters, gradients and optimizer state per transformer block
-    (full finetunes larger than one GPU), and its checkpoints resume on another number of workers."""
+    offload (a fixed num_workers only: its checkpoints load only at the size that wrote them); 'fsdp' (torch
+    FSDP2) shards parameters, gradients and optimizer state per transformer block (full finetunes larger than
+    one GPU), and its checkpoints resume on another number of workers."""
     deepspeed_stage: Literal[2, 3] = 2
     """ZeRO stage when backend is deepspeed."""
     offload_optimizer: bool = False
@@ -295,8 +339,12 @@ class DistributedConfig(_Section):
     on the CPU (the optimizer step runs there)."""
     nccl_timeout: int = Field(default=1800, gt=0)
     """Seconds a collective may wait before the process group times out."""
-    max_failures: int = Field(default=0, ge=-1)
-    """Worker-group restarts from the latest checkpoint before the run fails (-1: unlimited)."""
+    max_failures: int | None = Field(default=None, ge=-1)
+    """Worker-group restarts from the latest checkpoint before the run fails (-1: unlimited); default 0, or 10 with
+    an elastic num_workers MIN:MAX (each lost worker or node uses one; a grow uses none)."""
+    elastic_resize_interval_s: float = Field(default=60.0, gt=0)
+    """Elastic runs (num_workers MIN:MAX): how often a running worker group checks whether more workers fit (a grow
+    restarts the workers from the latest checkpoint, replaying the steps since)."""
     ray_address: str | None = None
     """Ray cluster to connect to ('auto', 'HOST:PORT', 'ray://...', or 'local' for a private local cluster);
     default: RAY_ADDRESS, else a cluster started with `ray start` on this machine, else a private local one."""
@@ -313,6 +361,25 @@ class DistributedConfig(_Section):
             raise ValueError("must be one directory name: letters, digits, '.', '_' and '-', starting with a letter "
                              "or digit (no '/', no '..'), e.g. --run_name train")
         return value
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[0]
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[1]
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers != self.max_workers
+
+    @property
+    def failures_allowed(self) -> int:
+        """max_failures, or its default for this num_workers."""
+        if self.max_failures is not None:
+            return self.max_failures
+        return ELASTIC_MAX_FAILURES if self.elastic else 0
 
 
 class TrackingConfig(_Section):
@@ -400,6 +467,12 @@ class Config(BaseModel):
             raise ValueError("--offload_params needs --backend deepspeed --deepspeed_stage 3 (or --backend fsdp)")
         elif dist.offload_optimizer and dist.backend != "deepspeed":
             raise ValueError("--offload_optimizer needs --backend deepspeed")
+        if dist.elastic and dist.backend not in RESIZABLE_BACKENDS:
+            raise ValueError(
+                f"--num_workers {dist.min_workers}:{dist.max_workers} with --backend {dist.backend}: an elastic run "
+                "restarts its workers at a new size from the latest checkpoint, and a DeepSpeed ZeRO checkpoint "
+                "loads only at the size that wrote it. Use --backend ddp (or fsdp) for an elastic run, or a fixed "
+                f"--num_workers (e.g. {dist.max_workers}) with DeepSpeed")
         return self
 
     def _check_fsdp(self) -> None:
@@ -605,13 +678,25 @@ def build_config(*layers: dict[str, Any], source: str = "config") -> Config:
         raise ConfigError(_format_validation_error(error, source)) from None
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1:4`` as the base-60 number 64; in a config it is text (``num_workers: 1:4``)."""
+
+
+def _sexagesimal_as_text(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int | str:
+    value = loader.construct_scalar(node)
+    return value if ":" in value else loader.construct_yaml_int(node)
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _sexagesimal_as_text)
+
+
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML config file into a dict, with errors that name the file and line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_ConfigLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -213,12 +213,46 @@ def test_lora_config_is_full_size_on_the_shared_mount() -> None:
     resolved = config.resolved()
     for where in (resolved.output_dir, resolved.cache_dir, resolved.storage_path, resolved.data.data_root):
         assert where.startswith(SHARED + "/"), f"{where}: every node must see it, put it on {SHARED}"
-    assert config.distributed.num_workers > 1 and config.distributed.max_failures > 0
-    # Workers per job = GPUs of the KubeRay worker groups.
+    assert config.distributed.min_workers > 1 and config.distributed.max_failures > 0
+    # Workers per job: at least the GPUs the KubeRay worker groups always have, at most all they can have.
     groups = _one(_docs(RAYJOB), "RayJob")["spec"]["rayClusterSpec"]["workerGroupSpecs"]
-    gpus = sum(g["replicas"] * int(_containers(g["template"])[0]["resources"]["limits"]["nvidia.com/gpu"])
-               for g in groups)
-    assert config.distributed.num_workers == gpus
+
+    def gpus(replicas: str) -> int:
+        return sum(g[replicas] * int(_containers(g["template"])[0]["resources"]["limits"]["nvidia.com/gpu"])
+                   for g in groups)
+
+    assert (config.distributed.min_workers, config.distributed.max_workers) == (gpus("minReplicas"),
+                                                                                gpus("maxReplicas"))
+
+
+def _is_spot(pod_spec: dict[str, Any]) -> bool:
+    return any("spot" in f"{key}={value}".lower() for key, value in pod_spec.get("nodeSelector", {}).items())
+
+
+@pytest.mark.parametrize("path", [RAYJOB, RAYCLUSTER])
+def test_spot_worker_group_makes_the_run_elastic(path: Path) -> None:
+    """On-demand GPU pods for MIN workers, an autoscaled spot group up to MAX, and a config that spans both."""
+    docs = _docs(path)
+    spec = (_one(docs, "RayJob")["spec"]["rayClusterSpec"] if path == RAYJOB else _one(docs, "RayCluster")["spec"])
+    assert spec["enableInTreeAutoscaling"] is True, "the autoscaler sizes the spot group between min and max"
+    groups = spec["workerGroupSpecs"]
+    spot = [g for g in groups if _is_spot(g["template"]["spec"])]
+    on_demand = [g for g in groups if not _is_spot(g["template"]["spec"])]
+    assert spot and on_demand, "one group on spot nodes, one on on-demand nodes"
+    for group in spot:
+        pod = group["template"]["spec"]
+        assert group["minReplicas"] < group["maxReplicas"], f"{group['groupName']}: spot pods come and go"
+        tolerated = {t["key"] for t in pod["tolerations"]}
+        assert any("spot" in key for key in tolerated), f"{group['groupName']} tolerates no spot taint: {tolerated}"
+        assert "nvidia.com/gpu" in tolerated
+    for group in on_demand:
+        assert group["minReplicas"] == group["replicas"] >= 1, "the on-demand pods are always there"
+        assert group["template"]["spec"].get("nodeSelector"), "on-demand pods stay off spot nodes"
+    config = load_config(LORA_CONFIG)
+    assert config.distributed.elastic and config.distributed.backend == "ddp"
+    on_demand_gpus = sum(g["minReplicas"] * int(_containers(g["template"])[0]["resources"]["limits"]
+                                                ["nvidia.com/gpu"]) for g in on_demand)
+    assert config.distributed.min_workers == on_demand_gpus, "MIN: what survives losing every spot node"
 
 
 def test_runtime_env_file() -> None:
@@ -268,8 +302,14 @@ def test_cluster_launcher_config() -> None:
     assert types[config["head_node_type"]]["resources"].get("GPU", 0) == 0
     gpu_types = [name for name, node in types.items() if node["resources"].get("GPU", 0) > 0]
     assert gpu_types, "no GPU node type"
+    distributed = load_config(LORA_CONFIG).distributed
     assert sum(types[name].get("min_workers", 0) * types[name]["resources"]["GPU"] for name in gpu_types) >= \
-        load_config(LORA_CONFIG).distributed.num_workers, "min_workers must cover the config's GPU workers"
+        distributed.max_workers, "min_workers must cover the config's GPU workers"
+    spot = [name for name in gpu_types
+            if types[name]["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"]
+    assert spot, "a spot GPU node type"
+    assert sum(types[name].get("min_workers", 0) * types[name]["resources"]["GPU"] for name in gpu_types
+               if name not in spot) >= distributed.min_workers, "on-demand nodes must hold the run's MIN workers"
     commands = " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
     assert commands.count("RAY_AUTH_MODE=token") == 2, "every node starts with token authentication"
     assert "~/.ray/auth_token" in config["file_mounts"]
@@ -317,6 +357,12 @@ def test_every_pod_runs_unprivileged(path: Path) -> None:
             assert context.get("allowPrivilegeEscalation") is False, (where, container["name"])
             assert "ALL" in context.get("capabilities", {}).get("drop", []), (where, container["name"])
             assert not context.get("privileged") and context.get("runAsUser", 1) != 0, (where, container["name"])
+    ray_spec = next(doc["spec"].get("rayClusterSpec", doc["spec"]) for doc in _docs(path)
+                    if doc["kind"] in ("RayJob", "RayCluster"))
+    if ray_spec.get("enableInTreeAutoscaling"):  # KubeRay adds the autoscaler's container to the head pod
+        context = (ray_spec.get("autoscalerOptions") or {}).get("securityContext") or {}
+        assert context.get("allowPrivilegeEscalation") is False and "ALL" in context.get("capabilities", {}).get(
+            "drop", []), "the autoscaler sidecar must run unprivileged too"
 
 
 def _secret_env(container: dict[str, Any]) -> dict[str, tuple[str, str]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_ltx import storage
-from ray_ltx.config import Config
+from ray_ltx.config import RESIZABLE_BACKENDS, Config
 from ray_ltx.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,9 @@ def check_compatible(state: TrainState, config: Config, world_size: int, directo
     for key in ("training_type", "rank", "lora_alpha", "target_modules", "backend"):
         if getattr(state, key) != getattr(expected, key):
             problems.append(f"{key}: checkpoint has {getattr(state, key)!r}, config has {getattr(expected, key)!r}")
-    if state.backend == "deepspeed" and state.world_size != world_size:
-        problems.append(f"workers: DeepSpeed checkpoint of {state.world_size} workers, run has {world_size}")
+    if state.backend not in RESIZABLE_BACKENDS and state.world_size != world_size:
+        problems.append(f"workers: {state.backend} checkpoint of {state.world_size} workers (it loads only at that "
+                        f"size), run has {world_size}")
     if problems:
         raise CheckpointError(
             f"checkpoint {directory} was made with another configuration:\n  " + "\n  ".join(problems)

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -35,7 +35,11 @@ from ray_ltx.model.lora import COMFYUI_WEIGHTS, DIFFUSERS_WEIGHTS
 from ray_ltx.redaction import redact, redacted_config
 from ray_ltx.tracking import Tracker
 from ray_ltx.train import checkpoint as ckpt
+from ray_ltx.train import elastic
 from ray_ltx.train.memory import MEMORY_JSON, MEMORY_MD
+
+if TYPE_CHECKING:
+    from ray_ltx.train.data import DataPlan
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ class TrainResult:
     seconds: float = 0.0
     tracking: str | None = None  # where the run is recorded, in words
     registered_model: str | None = None  # where the registered weights load from (models:/NAME/VERSION)
+    workers: dict[str, Any] = field(default_factory=dict)  # elastic.Journal.record(): group sizes and restarts
 
 
 class _Stopped(BaseException):
@@ -117,7 +122,7 @@ def _resume_point(config: Config, run_dir: str) -> tuple[str | None, int]:
     else:
         path = explicit = storage.absolute(wanted)
         state = ckpt.verify(path)
-    ckpt.check_compatible(state, config, config.distributed.num_workers, path)
+    ckpt.check_compatible(state, config, config.distributed.max_workers, path)
     _retire_damaged(run_dir, state.step)
     log.info("resuming from %s (step %d)", path, state.step)
     return explicit, state.step
@@ -144,22 +149,22 @@ def _retire_damaged(run_dir: str, step: int) -> None:
         storage.delete_file(snapshot)
 
 
-def training_config_block(config: Config, trainable: int, samples: int, shape, world: int) -> dict[str, Any]:
-    """The finetrainers "Training configuration" fields."""
+def training_config_block(config: Config, trainable: int, plan: DataPlan) -> dict[str, Any]:
+    """The finetrainers "Training configuration" fields (an elastic run's batch is that of its MAX workers)."""
     training = config.training
     return {
         "trainable parameters": trainable,
-        "total samples": samples,
-        "train epochs": shape.epochs(training.train_steps),
+        "total samples": plan.samples,
+        "train epochs": plan.epochs(training.train_steps),
         "train steps": training.train_steps,
         "batches per device": training.batch_size,
-        "total batches observed per epoch": shape.micro_batches_per_epoch,
-        "train batch size": training.batch_size * world * training.gradient_accumulation_steps,
+        "total batches observed per epoch": plan.micro_batches_per_epoch,
+        "train batch size": training.batch_size * plan.micro_batches_per_step,
         "gradient accumulation steps": training.gradient_accumulation_steps,
     }
 
 
-def build_trainer(config: Config, loop_config: dict[str, Any], datasets: dict[str, Any]):
+def build_trainer(config: Config, loop_config: dict[str, Any]):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -171,12 +176,13 @@ def build_trainer(config: Config, loop_config: dict[str, Any], datasets: dict[st
     if use_gpu:
         resources["GPU"] = dist.gpus_per_worker
     scaling = ray.train.ScalingConfig(num_workers=dist.num_workers, use_gpu=use_gpu,
-                                      resources_per_worker=resources, placement_strategy=dist.placement_strategy)
+                                      resources_per_worker=resources, placement_strategy=dist.placement_strategy,
+                                      elastic_resize_monitor_interval_s=dist.elastic_resize_interval_s)
     run_config = ray.train.RunConfig(
         name=dist.run_name,
         storage_path=storage.absolute(config.storage_path),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.training.checkpointing_limit),
-        failure_config=ray.train.FailureConfig(max_failures=dist.max_failures),
+        failure_config=ray.train.FailureConfig(max_failures=dist.failures_allowed),
         callbacks=loop_config.pop("callbacks", None),
     )
     return TorchTrainer(
@@ -184,20 +190,8 @@ def build_trainer(config: Config, loop_config: dict[str, Any], datasets: dict[st
         train_loop_config=loop_config,
         scaling_config=scaling,
         run_config=run_config,
-        datasets=datasets,
-        dataset_config=_ingest_config(),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=dist.nccl_timeout),
     )
-
-
-def _ingest_config():
-    """Micro-batches reach the workers in plan order (a step's micro-batches share a bucket, and a resumed
-    run skips by position): Ray Data would otherwise hand out whichever block finishes loading first."""
-    import ray.train
-
-    options = ray.train.DataConfig.default_ingest_options()
-    options.preserve_order = True
-    return ray.train.DataConfig(datasets_to_split=["train"], execution_options={"train": options})
 
 
 def _cluster_has_gpus() -> bool:
@@ -235,7 +229,7 @@ def _train(config: Config, *, callbacks: list | None, parent_run_id: str | None,
     from ray_ltx.cluster import cluster_shape, init_ray
     from ray_ltx.data.cache import LatentCache
     from ray_ltx.data.pipeline import ensure_cache
-    from ray_ltx.train.data import build_plan, holdout_batches, plan_shape, split_holdout, training_dataset
+    from ray_ltx.train.data import DataPlan, split_holdout
 
     started = time.monotonic()
     output_dir = config.output_dir
@@ -253,7 +247,7 @@ def _train(config: Config, *, callbacks: list | None, parent_run_id: str | None,
         shape_info = cluster_shape()
         tracker = _open_tracker(config, run_dir, run_name, parent_run_id, {
             "cluster.nodes": shape_info["nodes"], "cluster.gpus": shape_info["gpus"],
-            "cluster.workers": config.distributed.num_workers})
+            "cluster.workers": config.to_dict()["distributed"]["num_workers"]})
         log.info("%s (%s %r)", tracker.describe(), "project" if tracker.backend == "wandb" else "experiment",
                  config.tracking.tracker_name)
 
@@ -266,21 +260,21 @@ def _train(config: Config, *, callbacks: list | None, parent_run_id: str | None,
         signal.signal(signal.SIGTERM, _on_term)
     try:
         cache: LatentCache = ensure_cache(config)
-        world = config.distributed.num_workers
         buckets = [str(b) for b in config.data.video_resolution_buckets if str(b) in cache.manifest.buckets]
         per_bucket, held = split_holdout(cache, buckets, config.data.holdout_samples)
         if not per_bucket:
             raise UserError(f"the latent cache {cache.cache_dir} has no training sample in buckets {buckets}")
-        shape = plan_shape(per_bucket, config.training.batch_size, config.training.gradient_accumulation_steps, world)
+        training = config.training
+        plan = DataPlan(per_bucket, training.batch_size,
+                        training.gradient_accumulation_steps * config.distributed.max_workers, training.seed)
         storage.write_text(storage.join(output_dir, RESOLVED_CONFIG),
                            yaml.safe_dump(redacted_config(config), sort_keys=False))
-        result = _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_dir, tracker,
-                      callbacks, build_plan, holdout_batches, training_dataset)
-        steps, final_loss, checkpoint_path, trainable, memory = result
+        result = _fit(config, cache, plan, held, start_step, resume_path, run_dir, tracker, callbacks)
+        steps, final_loss, checkpoint_path, trainable, memory, workers = result
         _copy_export(checkpoint_path, output_dir)
-        block = training_config_block(config, trainable, shape.samples, shape, world)
+        block = training_config_block(config, trainable, plan)
         storage.write_text(storage.join(output_dir, TRAINING_CONFIG), json.dumps(block, indent=4))
-        registered = _finish_tracking(config, tracker, output_dir, cache, memory) if tracker else None
+        registered = _finish_tracking(config, tracker, output_dir, cache, memory, workers) if tracker else None
     except (_Stopped, KeyboardInterrupt) as error:
         if tracker:
             _end_run_quietly(tracker, "KILLED", f"stopped: {error or 'interrupted'}")
@@ -300,7 +294,8 @@ def _train(config: Config, *, callbacks: list | None, parent_run_id: str | None,
 
     outcome = TrainResult(output_dir, steps, final_loss, checkpoint_path, tracker.run_id if tracker else None,
                           config.tracking_uri if tracker and tracker.backend == "mlflow" else None, block, memory,
-                          round(time.monotonic() - started, 1), tracker.describe() if tracker else None, registered)
+                          round(time.monotonic() - started, 1), tracker.describe() if tracker else None, registered,
+                          workers)
     if not quiet:
         print(format_summary(config, outcome))
     return outcome
@@ -343,10 +338,11 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_dir, tracker, callbacks,
-         build_plan, holdout_batches, training_dataset):
-    """Run the TorchTrainer; returns (steps, final loss, final checkpoint, trainable params, memory rows)."""
-    world = config.distributed.num_workers
+def _fit(config, cache, plan: DataPlan, held, start_step, resume_path, run_dir, tracker, callbacks):
+    """Run the TorchTrainer; returns (steps, final loss, final checkpoint, trainable params, memory rows, the
+    worker groups' record)."""
+    from ray_ltx.train.data import holdout_batches
+
     training = config.training
     if start_step >= training.train_steps:
         found = ckpt.latest_checkpoint(run_dir)
@@ -354,24 +350,25 @@ def _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_di
             raise CheckpointError(f"nothing to resume in {run_dir}")
         path, state = found
         log.info("the run already reached step %d of %d; re-exporting from %s", state.step, training.train_steps, path)
-        return state.step, state.last_loss, path, state.trainable_parameters, []
+        return state.step, state.last_loss, path, state.trainable_parameters, [], {}
     from ray_ltx.train.loop import FATAL
 
     stale = storage.join(run_dir, FATAL)
     if storage.is_file(stale):  # from an earlier attempt of this run; this one starts afresh
         storage.delete_file(stale)
-    plan = build_plan(cache, per_bucket, training.batch_size, training.gradient_accumulation_steps, world,
-                      training.seed, start_step, training.train_steps)
-    log.info("training %d steps (from step %d) on %d samples in %d bucket(s): %d micro-batches per epoch, %d workers",
-             training.train_steps, start_step, shape.samples, len(per_bucket), shape.micro_batches_per_epoch, world)
+    workers = config.to_dict()["distributed"]["num_workers"]
+    log.info("training %d steps (from step %d) on %d samples in %d bucket(s): %d micro-batches per epoch, %s workers",
+             training.train_steps, start_step, plan.samples, len(plan.per_bucket), plan.micro_batches_per_epoch, workers)
     config_dict = config.to_dict()
     # Ray keeps the train loop config in its Train run state (the dashboard shows it): the workers get the
     # tracking URI in the tracker's handle as a Secret, which prints redacted, and need no copy of it in the config.
     config_dict["tracking"]["mlflow_tracking_uri"] = redact(config_dict["tracking"]["mlflow_tracking_uri"] or "") or None
+    journal = elastic.start_journal()
     loop_config = {
         "config": config_dict,
         "cache_dir": cache.cache_dir,
         "latent_spec": cache.manifest.latent_spec,
+        "plan": plan,
         "plan_start_step": start_step,
         "resume_path": resume_path,
         "heldout_batches": holdout_batches(cache, held) if held else [],
@@ -379,15 +376,20 @@ def _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_di
         "fault_dir": run_dir if not storage.is_uri(run_dir) else "/tmp/ray-ltx-faults",
         "storage_dir": run_dir,
         "fault": os.environ.get("RAY_LTX_FAULT"),
+        "sample_log": os.environ.get("RAY_LTX_SAMPLE_LOG"),
+        "journal": journal,
         "interactive": sys.stderr.isatty(),  # rank 0 draws a live bar on this terminal, else progress lines
         "callbacks": callbacks,
     }
-    import ray.data
-
-    # The loop logs its own progress; Ray Data's bars would flood the job log from every worker.
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    trainer = build_trainer(config, loop_config, {"train": training_dataset(cache, plan)})
-    result = _fit_interruptibly(trainer)
+    trainer = build_trainer(config, loop_config)
+    try:
+        result = _fit_interruptibly(trainer)
+    except BaseException:
+        elastic.end_journal(journal)
+        raise
+    workers_record = elastic.end_journal(journal, read=True)
+    if elastic.describe(workers_record):
+        log.info("worker groups: %s", elastic.describe(workers_record))
     value = result.return_value or {}
     if value.get("fatal"):
         raise _fatal_error(value["fatal"])
@@ -396,7 +398,7 @@ def _fit(config, cache, per_bucket, held, shape, start_step, resume_path, run_di
     if value.get("validation_error"):
         log.warning("%s; the final weights are saved", value["validation_error"])
     return (value.get("step", training.train_steps), value.get("loss"), result.checkpoint.path,
-            value.get("trainable_parameters", 0), value.get("memory", []))
+            value.get("trainable_parameters", 0), value.get("memory", []), workers_record)
 
 
 def _fatal_error(record: dict[str, str]) -> UserError:
@@ -480,14 +482,15 @@ def _as_user_error(error: BaseException) -> BaseException:
     return cause if isinstance(cause, UserError) else error
 
 
-def _finish_tracking(config: Config, tracker: Tracker, output_dir: str, cache, memory: list[dict[str, Any]]) -> str | None:
+def _finish_tracking(config: Config, tracker: Tracker, output_dir: str, cache, memory: list[dict[str, Any]],
+                     workers: dict[str, Any] | None = None) -> str | None:
     """Log the outputs (and register the weights) and end the run FINISHED, best effort: the weights are in
     output_dir already, so a tracking outage now costs the run's record, not the run (which still exits 0).
     Returns where the registered weights load from, if they were registered."""
     problem = None if tracker.available(END_OF_RUN_WAIT_S) else "it does not answer, or refuses the credentials"
     if problem is None:
         try:
-            registered = _log_outputs(config, tracker, output_dir, cache, memory)
+            registered = _log_outputs(config, tracker, output_dir, cache, memory, workers or {})
             tracker.end("FINISHED")
             return registered
         except Exception as error:
@@ -518,7 +521,8 @@ def _weights(config: Config, output_dir: str) -> tuple[Path, str]:
     return Path(output_dir) / "transformer", "weights/transformer"
 
 
-def _log_outputs(config: Config, tracker: Tracker, output_dir: str, cache, memory: list[dict[str, Any]]) -> str | None:
+def _log_outputs(config: Config, tracker: Tracker, output_dir: str, cache, memory: list[dict[str, Any]],
+                 workers: dict[str, Any]) -> str | None:
     local = Path(output_dir)
     for artifact_dir, path in (("", local / RESOLVED_CONFIG), ("config", local / TRAINING_CONFIG),
                                ("memory", local / MEMORY_MD)):
@@ -526,6 +530,7 @@ def _log_outputs(config: Config, tracker: Tracker, output_dir: str, cache, memor
     if memory:
         tracker.log_table(memory, "memory/memory_report.json")
     tracker.log_dict(cache.manifest.summary(), "cache/manifest_summary.json")
+    elastic.log_to_tracker(tracker, workers)
     registered = tracker.log_model(*_weights(config, output_dir), config.tracking.register_model)
     if registered:
         log.info("the weights are registered: %s", registered)
@@ -548,6 +553,9 @@ def format_summary(config: Config, result: TrainResult) -> str:
     else:
         lines.append(f"               transformer/ (a diffusers folder: from_pretrained('{output_dir}/transformer'))")
     lines.append(f"  checkpoint:  {redact(result.checkpoint or '')}")
+    workers = elastic.describe(result.workers)
+    if workers:
+        lines.append(f"  workers:     {workers}")
     if result.tracking:
         lines.append(f"  tracking:    {result.tracking}")
     if result.registered_model:

@@ -2,8 +2,8 @@
 
 Read top to bottom: load the transformer (never the VAE or text encoder), make it trainable (LoRA
 or full), wrap it in the engine, restore the latest checkpoint, then for each optimizer step:
-read micro-batches from the Ray Data shard, drop captions, noise, forward, loss, backward, step,
-log; every ``checkpointing_steps`` a checkpoint; at the end the exported weights. Everything
+take this worker's micro-batches of the step from the data plan, drop captions, noise, forward, loss,
+backward, step, log; every ``checkpointing_steps`` a checkpoint; at the end the exported weights. Everything
 model-specific goes through the model family (:mod:`ray_ltx.model.family`).
 """
 
@@ -16,7 +16,6 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +25,14 @@ import torch.distributed as dist
 
 from ray_ltx import faults, storage
 from ray_ltx.config import Config
-from ray_ltx.data.cache import read_empty_prompt
+from ray_ltx.data.cache import LatentCache, read_empty_prompt
 from ray_ltx.errors import OutOfMemoryError, TrainingDivergedError, UserError
 from ray_ltx.logs import setup_logging
 from ray_ltx.model.family import LatentSpec, ModelFamily, family_for, torch_dtype
 from ray_ltx.model.flow import drop_captions, flow_matching_loss, heldout_loss
 from ray_ltx.train import checkpoint as ckpt
-from ray_ltx.train import validation
-from ray_ltx.train.data import micro_batch_from_row
+from ray_ltx.train import elastic, validation
+from ray_ltx.train.data import DataPlan, MicroBatchReader, record_samples
 from ray_ltx.train.engine import build_engine
 from ray_ltx.train.memory import MEMORY_JSON, MEMORY_MD, MemoryReport
 
@@ -74,16 +73,10 @@ def prepare_transformer(config: Config, family: ModelFamily, device: torch.devic
     return transformer, count
 
 
-def _plan_rows(shard, prefetch_blocks: int = 4) -> Iterator[dict[str, Any]]:
-    """The worker's micro-batch rows in order, a few blocks read ahead (``iter_rows`` reads one ahead, and a
-    step waits whenever a block is late)."""
-    for table in shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_blocks):
-        yield from table.to_pylist()
-
-
-def _step_generator(device: torch.device, seed: int, rank: int, step: int) -> torch.Generator:
-    """Noise, sigmas and caption dropout of a step depend only on (seed, rank, step): resume-exact."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step * 7919 + rank) % (2**63))
+def _micro_batch_generator(device: torch.device, seed: int, index: int) -> torch.Generator:
+    """Noise, sigmas and caption dropout of a micro-batch depend only on (seed, its number in the plan): the same
+    after a resume, and whichever worker of however many trains it."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + index * 7919) % (2**63))
 
 
 def _all_reduce(values: list[float], device: torch.device, world: int) -> list[float]:
@@ -252,21 +245,24 @@ def _train(loop_config: dict[str, Any]) -> dict[str, Any]:
     transformer, trainable = prepare_transformer(config, family, device)
     engine = build_engine(transformer, config, device, world)
     state = _restore(engine, loop_config, config, world) or ckpt.TrainState.for_config(config, world, trainable)
-    state.trainable_parameters = trainable
+    state.trainable_parameters, state.world_size = trainable, world  # a checkpoint of another size may load here
     spec = LatentSpec.from_dict(loop_config["latent_spec"])
     empty_embeds, empty_mask = read_empty_prompt(loop_config["cache_dir"])
     empty_embeds, empty_mask = empty_embeds.to(device, compute), empty_mask.to(device)
     heldout = [b.to(device, compute) for b in loop_config.get("heldout_batches", [])]
-    accumulation = training.gradient_accumulation_steps
+    plan: DataPlan = loop_config["plan"]
+    loss_scale = plan.loss_scale(world)
     tracker = _Tracker(loop_config, rank)
     if rank == 0:
         log.info("rank 0 of %d on %s: %s, %s trainable parameters, starting at step %d of %d",
                  world, device, training.training_type, f"{trainable:,}", state.step, training.train_steps)
+        log.info("%d workers share each step's %d micro-batches: %d passes each%s", world,
+                 plan.micro_batches_per_step, plan.passes(world),
+                 f", {plan.passes(world) * world - plan.micro_batches_per_step} of them padding"
+                 if plan.micro_batches_per_step % world else "")
 
-    rows = _plan_rows(ray.train.get_dataset_shard("train"))
-    # The plan starts where the driver started; after an in-run restart, skip what was already trained.
-    for _ in range((state.step - loop_config["plan_start_step"]) * accumulation):
-        next(rows)
+    reader = MicroBatchReader(plan, LatentCache.open(loop_config["cache_dir"]), rank, world, state.step,
+                              training.train_steps)
 
     def export(directory: Path, weights: dict[str, torch.Tensor] | None) -> None:
         _export(weights, config, family, engine.model, directory, memory)
@@ -325,17 +321,18 @@ def _train(loop_config: dict[str, Any]) -> dict[str, Any]:
 
         progress = Progress(training.train_steps, "step", "steps", logger=log, start=state.step,
                             bar=bool(loop_config.get("interactive")), remote=True)
+    group = elastic.GroupLog(loop_config["journal"], rank, world, state.step)
     while state.step < training.train_steps:
         step = state.step
         started = time.perf_counter()
-        generator = _step_generator(device, training.seed, rank, step)
+        passes = reader.step(step)
+        state.epoch = max(slot.epoch for slot, _ in passes)
         loss_sum, tokens, samples = 0.0, 0, 0
-        for micro in range(accumulation):
-            row = next(rows)
-            state.epoch = int(row["epoch"])
-            batch = micro_batch_from_row(row).to(device, compute)
+        for micro, (slot, batch) in enumerate(passes):
+            generator = _micro_batch_generator(device, training.seed, slot.index)
+            batch = batch.to(device, compute)
             batch = drop_captions(batch, empty_embeds, empty_mask, config.data.caption_dropout_p, generator)
-            with engine.accumulating(micro == accumulation - 1):
+            with engine.accumulating(micro == len(passes) - 1):
                 with torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32):
                     loss = flow_matching_loss(family, engine.module, batch, spec, diffusion, generator, compute,
                                               training.first_frame_conditioning_p)
@@ -347,12 +344,15 @@ def _train(loop_config: dict[str, Any]) -> dict[str, Any]:
                     loss = faults.infinite_gradient(loss)
                 elif fault:
                     faults.fire(fault, step)
-                engine.backward(loss / accumulation)
-            loss_sum += float(loss.detach())
-            tokens += batch.num_tokens
-            samples += batch.latents.shape[0]
+                # The mean over the step's micro-batches once the engine averages over the workers; a padding
+                # pass (a worker with one micro-batch fewer) runs in step with the others and trains nothing.
+                engine.backward(loss * (0.0 if slot.padding else loss_scale))
+            if not slot.padding:
+                loss_sum += float(loss.detach())
+                tokens += batch.num_tokens
+                samples += batch.latents.shape[0]
         total_loss, nonfinite, total_tokens, total_samples = _all_reduce(
-            [loss_sum / accumulation, 0.0 if math.isfinite(loss_sum) else 1.0, tokens, samples], device, world)
+            [loss_sum, 0.0 if math.isfinite(loss_sum) else 1.0, tokens, samples], device, world)
         grad_norm = math.nan
         if nonfinite:
             engine.skip()
@@ -362,18 +362,21 @@ def _train(loop_config: dict[str, Any]) -> dict[str, Any]:
         if not stepped:
             _handle_nonfinite(state, config, loop_config, step, "loss" if nonfinite else "gradients", engine)
         state.step += 1
+        group.step(state.step)
+        if loop_config.get("sample_log"):
+            record_samples(loop_config["sample_log"], state.step, rank, world, [slot for slot, _ in passes])
         done = state.step >= training.train_steps
         checkpoint_due = done or state.step % training.checkpointing_steps == 0
         report: dict[str, Any] = {"step": state.step, "skipped_steps": state.skipped_steps}
         if stepped:
-            state.last_loss = total_loss / world
+            state.last_loss = total_loss / plan.micro_batches_per_step
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - started
             metrics = {
                 "loss": state.last_loss, "lr": engine.lr, "grad_norm": grad_norm, "step_time_s": seconds,
                 "samples_per_s": total_samples / seconds, "tokens_per_s": total_tokens / seconds,
-                "epoch": state.epoch, "skipped_steps": state.skipped_steps,
+                "epoch": state.epoch, "skipped_steps": state.skipped_steps, "world_size": world,
             }
             metrics.update(_process_health())
             if device.type == "cuda":
@@ -405,6 +408,7 @@ def _train(loop_config: dict[str, Any]) -> dict[str, Any]:
         if validating and (done or (config.validation.validation_steps and
                                     state.step % config.validation.validation_steps == 0)):
             validating = validate(state.step)
+    reader.close()
     if progress is not None:
         progress.close()
     tracker.close(Path(loop_config["fault_dir"]))

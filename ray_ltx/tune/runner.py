@@ -130,7 +130,7 @@ def _max_concurrent(spec: SweepSpec, base: Config) -> int:
     dist = base.distributed
     gpus = cluster_gpus()
     uses_gpu = dist.use_gpu if dist.use_gpu is not None else gpus > 0
-    per_trial = dist.num_workers * dist.gpus_per_worker if uses_gpu else 0.0
+    per_trial = dist.max_workers * dist.gpus_per_worker if uses_gpu else 0.0  # an elastic trial may grow to MAX
     if per_trial and gpus:
         bound = max(1, int(gpus // per_trial))
         if spec.max_concurrent_trials and spec.max_concurrent_trials > bound:
