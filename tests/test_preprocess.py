@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import base_config
+from conftest import base_config, copy_tree
 from ray_ltx.buckets import Bucket, assign_bucket
 from ray_ltx.data import cache as cache_lib
 from ray_ltx.data.pipeline import encoder_layout, ensure_cache, preprocess
 from ray_ltx.data.samples import moving_shape_frames
+from ray_ltx.data.sources import read_records
 from ray_ltx.data.video import decode_frames, probe, sample_frame_indices
 from ray_ltx.errors import CacheError, DatasetError
 from ray_ltx.media import write_image, write_video
@@ -78,10 +79,19 @@ def _layout(root: Path, kind: str) -> dict:
     return {}
 
 
-@pytest.mark.parametrize("kind", ["finetrainers", "csv", "jsonl", "folder"])
-def test_each_dataset_layout(kind: str, tiny_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind,layout", [("finetrainers", "finetrainers"), ("csv", "metadata"), ("jsonl", "metadata"),
+                                         ("folder", "folder")])
+def test_each_dataset_layout_lists_the_same_clips(kind: str, layout: str, tmp_path: Path) -> None:
     extra = _layout(tmp_path / "data", kind)
-    config = base_config(tiny_model, tmp_path / "data", tmp_path / "out", **extra)
+    config = base_config(Path("unused-model"), tmp_path / "data", tmp_path / "out", **extra).resolved()
+    records, skips, found = read_records(config)
+    assert found == layout and not skips
+    assert {r.rel_path: r.caption for r in records} == {"clips/a.mp4": "BW_STYLE a red circle moves right",
+                                                        "clips/b.webm": "BW_STYLE a blue square falls"}
+
+
+def test_mp4_and_webm_clips_are_encoded_into_their_buckets(tiny_model: Path, tmp_path: Path) -> None:
+    config = base_config(tiny_model, tmp_path / "data", tmp_path / "out", **_layout(tmp_path / "data", "csv"))
     manifest = preprocess(config)
     assert manifest.num_samples == 2, manifest.skipped
     assert manifest.counts_per_bucket() == {"9x64x96": 1, "17x64x96": 1}
@@ -169,10 +179,11 @@ def test_id_token_is_encoded_and_the_cache_reads_back_exactly(tiny_model: Path, 
     assert empty_embeds.shape == embeds[0].shape and int(empty_mask.sum()) == 1  # just </s>
 
 
-def test_interrupted_run_resumes_encoding_each_clip_once(tiny_model: Path, sample_data: Path, tmp_path: Path) -> None:
-    config = base_config(tiny_model, sample_data, tmp_path / "out")
-    first = preprocess(config)
-    cache_dir = Path(config.resolved().cache_dir)
+def test_interrupted_run_resumes_encoding_each_clip_once(tiny_model: Path, sample_data: Path, shared_cache: Path,
+                                                         tmp_path: Path) -> None:
+    cache_dir = copy_tree(shared_cache, tmp_path / "cache")  # a finished preprocessing run of sample_data
+    config = base_config(tiny_model, sample_data, tmp_path / "out", cache_dir=str(cache_dir))
+    first = cache_lib.LatentCache.open(str(cache_dir)).manifest
     # As if the run died before its last shards and the manifest were written.
     (cache_dir / cache_lib.MANIFEST).unlink()
     lost = first.shards[-1]
@@ -190,15 +201,15 @@ def LatentIds(cache_dir: str) -> list[str]:  # noqa: N802 - reads like a value
 
 
 def test_cache_from_another_setup_is_refused_then_rebuilt_on_request(tiny_model: Path, sample_data: Path,
-                                                                     tmp_path: Path) -> None:
-    preprocess(base_config(tiny_model, sample_data, tmp_path / "out"))
-    other = base_config(tiny_model, sample_data, tmp_path / "out", id_token="OTHER_TOKEN")
+                                                                     shared_cache: Path, tmp_path: Path) -> None:
+    cache = str(copy_tree(shared_cache, tmp_path / "cache"))  # built with id_token BW_STYLE
+    other = base_config(tiny_model, sample_data, tmp_path / "out", id_token="OTHER_TOKEN", cache_dir=cache)
     with pytest.raises(CacheError, match="id_token"):
         preprocess(other)
     with pytest.raises(CacheError, match="max_sequence_length"):
-        ensure_cache(base_config(tiny_model, None, tmp_path / "out", max_sequence_length=64))
+        ensure_cache(base_config(tiny_model, None, tmp_path / "out", max_sequence_length=64, cache_dir=cache))
     rebuilt = preprocess(base_config(tiny_model, sample_data, tmp_path / "out", id_token="OTHER_TOKEN",
-                                     rebuild_cache=True))
+                                     rebuild_cache=True, cache_dir=cache))
     assert rebuilt.fingerprint["id_token"] == "OTHER_TOKEN" and rebuilt.stats["reused"] == 0
 
 

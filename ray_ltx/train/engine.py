@@ -155,6 +155,15 @@ class DDPEngine(Engine):
         return {name: p.detach().cpu() for name, p in trainable_parameters(self.model)}
 
 
+def _without_shm_op() -> None:
+    """On CPU, DeepSpeed compiles a shared-memory all-reduce op with g++ at its first use (about 70 s, under a file
+    lock that a killed build leaves behind: every later run then waits on it for ever). Gloo's own all-reduce is
+    what ray-ltx's CPU runs (tests, smoke runs) need; GPU runs use NCCL and never build it."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 class DeepSpeedEngine(Engine):
     """DeepSpeed ZeRO stage 2 or 3, optional CPU offload of optimizer state and parameters."""
 
@@ -163,6 +172,8 @@ class DeepSpeedEngine(Engine):
     def __init__(self, model: nn.Module, config: Config, device: torch.device, world_size: int):
         import deepspeed
 
+        if device.type == "cpu":
+            _without_shm_op()
         self.model = model
         self.device = device
         self.stage = config.distributed.deepspeed_stage

@@ -185,7 +185,7 @@ def shard_transformer(model: nn.Module, config: Config, device: torch.device, wo
 class _MetadataReader(FileSystemReader):
     """DCP's reader, with the checkpoint's ``.metadata`` unpickled through an allow-list.
 
-    torch reads it with a plain ``pickle.load``: a checkpoint from elsewhere could run code on load.
+    torch unpickles it without restriction: a checkpoint from elsewhere could run code on load.
     """
 
     def __init__(self, path: Path):
