@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PIP_QUIET := --quiet --disable-pip-version-check
 DEMO_DIR ?= ray-ltx-demo
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-full lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,15 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/ray-ltx demo --workdir $(DEMO_DIR)
 
+# What CI runs: every fast test and the main end-to-end runs (train, resume, DeepSpeed, FSDP, restart, sweep, job
+# submit, elastic, LTX-2). One torch thread per process: two cores shared by the driver, Ray's actors and workers.
+TEST_ENV := PATH="$(abspath $(VENV))/bin:$$PATH" OMP_NUM_THREADS=1
 test: install
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest tests
+	$(TEST_ENV) $(PY) -m pytest tests -m "not full"
+
+# Everything, the extended end-to-end suite included (every fault, version, backend and tracker end to end).
+test-full: install
+	$(TEST_ENV) $(PY) -m pytest tests
 
 lint: install
 	$(VENV)/bin/ruff check ray_ltx tests tuning benchmarks

@@ -60,6 +60,7 @@ def test_prompts_and_videos_of_different_lengths(tmp_path: Path) -> None:
     assert "prompts.txt" in result.stderr and "3" in result.stderr and "2" in result.stderr
 
 
+@pytest.mark.full
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_odd_inputs_are_skipped_and_reported(tiny_model: Path, tmp_path: Path, capsys) -> None:
@@ -84,6 +85,7 @@ def test_odd_inputs_are_skipped_and_reported(tiny_model: Path, tmp_path: Path, c
     assert "captions truncated to max_sequence_length: 1" in capsys.readouterr().out
 
 
+@pytest.mark.full
 @pytest.mark.slow
 def test_disk_full_while_writing_the_cache(tiny_model: Path, sample_data: Path, tmp_path: Path, ray_cluster) -> None:
     mount = tmp_path / "small-disk"

@@ -725,6 +725,7 @@ def test_job_submit_trains_end_to_end(tiny_job, ray_cluster: LocalRayCluster) ->
     assert run.data.params["training.train_steps"] == "4"
 
 
+@pytest.mark.full
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_job_run_is_tagged_with_the_ray_job_id(tiny_job, ray_cluster: LocalRayCluster) -> None:
@@ -737,6 +738,7 @@ def test_job_run_is_tagged_with_the_ray_job_id(tiny_job, ray_cluster: LocalRayCl
         f"ray_job_id tag; tags: {sorted(tags)}")
 
 
+@pytest.mark.full
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_job_stop_then_resume_from_latest_checkpoint(ray_cluster: LocalRayCluster, assets: dict[str, Path],
@@ -796,6 +798,7 @@ def test_job_stop_then_resume_from_latest_checkpoint(ray_cluster: LocalRayCluste
         "within the job supervisor's grace period (RAY_JOB_STOP_WAIT_TIME_S, 3 s by default)")
 
 
+@pytest.mark.full
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_two_workers_on_two_nodes(ray_cluster: LocalRayCluster, assets: dict[str, Path], tmp_path: Path) -> None:

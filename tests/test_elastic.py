@@ -402,6 +402,7 @@ def _wait(condition, what: str, driver, log: Path, timeout: float = 600.0) -> No
         time.sleep(0.5)
 
 
+@pytest.mark.full
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_a_lost_node_shrinks_the_run_and_a_new_one_grows_it_back(

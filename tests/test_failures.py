@@ -27,6 +27,7 @@ def _finite(path: Path) -> bool:
     return all(torch.isfinite(t).all() for t in load_file(path).values())
 
 
+@pytest.mark.full
 def test_an_infinite_gradient_with_a_finite_loss_is_skipped_and_never_reaches_the_weights(
         make_config, tmp_path: Path, monkeypatch) -> None:
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
@@ -45,6 +46,7 @@ def test_an_infinite_gradient_with_a_finite_loss_is_skipped_and_never_reaches_th
     assert _finite(out / "pytorch_lora_weights.safetensors")
 
 
+@pytest.mark.full
 def test_an_infinite_gradient_stops_the_run_at_once_without_retries(make_config, monkeypatch) -> None:
     monkeypatch.setenv("RAY_LTX_FAULT", "infgrad@2")  # fires once: a retry would get past it
     config = make_config(train_steps=6, checkpointing_steps=2, max_failures=3)
@@ -57,6 +59,7 @@ def test_an_infinite_gradient_stops_the_run_at_once_without_retries(make_config,
     assert _finite(Path(path) / "lora" / "pytorch_lora_weights.safetensors")
 
 
+@pytest.mark.full
 def test_out_of_memory_names_the_knobs_and_is_not_retried(make_config, monkeypatch) -> None:
     monkeypatch.setenv("RAY_LTX_FAULT", "oom@1:1")
     config = make_config(train_steps=4, checkpointing_steps=2, max_failures=3)
@@ -70,6 +73,7 @@ def test_out_of_memory_names_the_knobs_and_is_not_retried(make_config, monkeypat
     assert time.monotonic() - started < 600
 
 
+@pytest.mark.full
 def test_a_validation_that_breaks_at_the_end_keeps_the_final_weights(make_config, tmp_path: Path, caplog) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("BW_STYLE a red circle\n")
@@ -94,6 +98,7 @@ def test_a_validation_that_breaks_at_the_end_keeps_the_final_weights(make_config
     assert "validation at step 6 failed" in caplog.text and "the final weights are saved" in caplog.text
 
 
+@pytest.mark.full
 def test_a_damaged_cache_is_reported_then_recovered(tiny_model: Path, sample_data: Path, tmp_path: Path) -> None:
     import json
 
@@ -127,6 +132,7 @@ def test_a_damaged_cache_is_reported_then_recovered(tiny_model: Path, sample_dat
     assert rebuilt.num_samples == manifest.num_samples
 
 
+@pytest.mark.full
 def test_a_damaged_checkpoint_is_passed_over_for_the_one_before(make_config) -> None:
     config = make_config(train_steps=4, checkpointing_steps=2)
     train(config)

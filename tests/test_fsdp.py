@@ -121,6 +121,7 @@ def test_fsdp_lora_trains_like_ddp_and_exports_for_diffusers(lora_runs, tiny_mod
     _assert_same_weights(loaded, exported)
 
 
+@pytest.mark.full
 @pytest.mark.slow
 def test_fsdp_resume_continues_like_an_uninterrupted_run(lora_runs, make_config) -> None:
     uninterrupted = lora_runs["fsdp"]
@@ -132,6 +133,7 @@ def test_fsdp_resume_continues_like_an_uninterrupted_run(lora_runs, make_config)
     _assert_same_weights(_lora(resumed), _lora(uninterrupted))
 
 
+@pytest.mark.full
 @pytest.mark.slow
 def test_fsdp_checkpoint_of_two_workers_resumes_on_one(lora_runs, tiny_model: Path, sample_data: Path,
                                                        shared_cache: Path, tmp_path: Path) -> None:
@@ -147,6 +149,7 @@ def test_fsdp_checkpoint_of_two_workers_resumes_on_one(lora_runs, tiny_model: Pa
     _assert_same_weights(_lora(one["fsdp"]), _lora(one["ddp"]))
 
 
+@pytest.mark.full
 @pytest.mark.slow
 def test_fsdp_full_finetune_trains_like_ddp_and_loads_with_from_pretrained(tiny_model: Path, sample_data: Path,
                                                                            shared_cache: Path, tmp_path: Path) -> None:

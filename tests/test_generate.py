@@ -35,6 +35,7 @@ def trained_lora(tiny_model: Path, sample_data: Path, shared_cache: Path, tmp_pa
     return out, result.mlflow_run_id, uri
 
 
+@pytest.mark.full
 def test_lora_changes_frames_and_seeds_repeat(tiny_model: Path, trained_lora, tmp_path: Path) -> None:
     lora_dir, _, _ = trained_lora
     common = {"model": str(tiny_model), "prompt": PROMPT, "num_frames": 9, "height": 64, "width": 96, "steps": 2}
@@ -46,6 +47,7 @@ def test_lora_changes_frames_and_seeds_repeat(tiny_model: Path, trained_lora, tm
     assert np.array_equal(with_lora, again)
 
 
+@pytest.mark.full
 def test_generate_cli_with_a_lora_from_mlflow(tiny_model: Path, trained_lora, tmp_path: Path, monkeypatch) -> None:
     _, run_id, uri = trained_lora
     out = tmp_path / "from_mlflow.mp4"
@@ -58,6 +60,7 @@ def test_generate_cli_with_a_lora_from_mlflow(tiny_model: Path, trained_lora, tm
     assert _read(out).shape == (9, 64, 96, 3)
 
 
+@pytest.mark.full
 def test_batch_mode_spreads_prompts_with_ray_data(tiny_model: Path, tmp_path: Path) -> None:
     prompts = ["a red circle", "a blue square", "a green triangle"]
     options = {"model": str(tiny_model), "lora": None, "lora_scale": 1.0, "dtype": None, "negative_prompt": "",
@@ -68,6 +71,7 @@ def test_batch_mode_spreads_prompts_with_ray_data(tiny_model: Path, tmp_path: Pa
     assert all(_read(Path(r["path"])).shape == (9, 64, 96, 3) for r in rows)
 
 
+@pytest.mark.full
 def test_comfyui_export_round_trips(tiny_model: Path, trained_lora, tmp_path: Path) -> None:
     from diffusers import LTXPipeline
     from safetensors import safe_open
@@ -91,6 +95,7 @@ def test_comfyui_export_round_trips(tiny_model: Path, trained_lora, tmp_path: Pa
     assert torch.allclose(frames(), expected, atol=1e-5)
 
 
+@pytest.mark.full
 def test_every_checkpoint_holds_a_loadable_lora_and_export_copies_it(tiny_model: Path, trained_lora,
                                                                      tmp_path: Path) -> None:
     from diffusers import LTXPipeline

@@ -97,6 +97,7 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory):
     server.stop()
 
 
+@pytest.mark.full
 @pytest.mark.slow
 def test_wrong_password_is_a_clear_error_without_traceback_or_password(auth_server, tmp_path: Path, capsys,
                                                                         clean_mlflow_env) -> None:
@@ -109,6 +110,7 @@ def test_wrong_password_is_a_clear_error_without_traceback_or_password(auth_serv
     assert not (tmp_path / "out" / "ray").exists()  # refused before any cluster or model work
 
 
+@pytest.mark.full
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_user_pass_uri_records_the_run_and_no_written_file_holds_the_password(
@@ -143,6 +145,7 @@ def test_user_pass_uri_records_the_run_and_no_written_file_holds_the_password(
 # -- MLflow down at the end of a run ----------------------------------------------------------------
 
 
+@pytest.mark.full
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_mlflow_down_at_the_end_keeps_the_run_and_says_how_to_log_the_weights(
@@ -230,6 +233,7 @@ def test_make_tiny_model_refuses_a_directory_it_did_not_write(tmp_path: Path, ca
     assert (out / "model_index.json").is_file() and not (out / "notes.txt").exists()
 
 
+@pytest.mark.full
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_overwrite_output_dir_replaces_the_run_and_keeps_the_cache(make_config, shared_cache: Path,

@@ -380,6 +380,7 @@ def test_ltx2_trains_image_to_video_resumes_exports_and_generates(tiny_ltx2: Pat
     assert any(not torch.equal(finetuned[n], p) for n, p in base.items() if not AUDIO_BRANCH.search(n))
 
 
+@pytest.mark.full
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_ltx2_learns_audio_and_video_jointly(tiny_ltx2: Path, tmp_path_factory: pytest.TempPathFactory) -> None:

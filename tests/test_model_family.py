@@ -232,6 +232,7 @@ def _frames(pipe, **kwargs) -> torch.Tensor:
                 **kwargs).frames
 
 
+@pytest.mark.full
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 @pytest.mark.parametrize("version", list(VERSIONS))
@@ -281,6 +282,7 @@ def test_each_version_trains_image_to_video_resumes_exports_and_generates(
     assert any(not torch.equal(a, b) for a, b in zip(finetuned.parameters(), base.parameters(), strict=True))
 
 
+@pytest.mark.full
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_a_cache_of_another_version_is_refused_with_how_to_rebuild(tiny_versions: dict[str, Path], sample_data: Path,

@@ -51,6 +51,7 @@ def test_worker_sigkill_resumes_from_the_checkpoint(make_config, tmp_path: Path,
     LTXPipeline.from_pretrained(make_config().model.pretrained_model_name_or_path).load_lora_weights(result.output_dir)
 
 
+@pytest.mark.full
 def test_crash_while_writing_a_checkpoint_never_uses_it(make_config, tmp_path: Path, monkeypatch) -> None:
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     monkeypatch.setenv("RAY_LTX_FAULT", "checkpoint@4:1")  # rank 1 dies with its part of checkpoint 4 half-written
@@ -63,6 +64,7 @@ def test_crash_while_writing_a_checkpoint_never_uses_it(make_config, tmp_path: P
     assert sorted(losses) == list(range(1, 7)) and {len(values) for values in losses.values()} == {1}
 
 
+@pytest.mark.full
 def test_incomplete_checkpoint_is_passed_over(make_config) -> None:
     result = train(make_config(train_steps=4, checkpointing_steps=2))
     run_dir = Path(result.output_dir) / "ray" / "train"
@@ -74,6 +76,7 @@ def test_incomplete_checkpoint_is_passed_over(make_config) -> None:
     assert Path(path).name == "checkpoint_00000004" and state.step == 4
 
 
+@pytest.mark.full
 def test_preprocessing_worker_killed_mid_shard(tiny_model: Path, sample_data: Path, tmp_path: Path,
                                                monkeypatch) -> None:
     monkeypatch.setenv("RAY_LTX_FAULT", "shard@0")
@@ -84,6 +87,7 @@ def test_preprocessing_worker_killed_mid_shard(tiny_model: Path, sample_data: Pa
     assert len(ids) == len(set(ids)) == manifest.num_samples == 6  # no duplicate, none missing
 
 
+@pytest.mark.full
 def test_driver_killed_then_resumed(tiny_model: Path, sample_data: Path, shared_cache: Path, tmp_path: Path) -> None:
     import ray
 
@@ -121,6 +125,7 @@ def test_driver_killed_then_resumed(tiny_model: Path, sample_data: Path, shared_
     assert after.step == before.step + 4 >= 6
 
 
+@pytest.mark.full
 def test_mlflow_server_restart_mid_run_loses_no_metric(make_config, tmp_path: Path) -> None:
     server = MlflowServer(tmp_path / "mlflow").start()
     config = make_config(train_steps=30, checkpointing_steps=5, report_to="mlflow", mlflow_tracking_uri=server.uri)
@@ -146,6 +151,7 @@ def test_mlflow_server_restart_mid_run_loses_no_metric(make_config, tmp_path: Pa
         server.stop()
 
 
+@pytest.mark.full
 def test_nan_loss_skipped_and_counted_when_asked(make_config, tmp_path: Path, monkeypatch) -> None:
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     monkeypatch.setenv("RAY_LTX_FAULT", "nan@1")
@@ -155,6 +161,7 @@ def test_nan_loss_skipped_and_counted_when_asked(make_config, tmp_path: Path, mo
     assert max(m.value for m in skipped) == 1 and 2 not in _steps(uri, result.mlflow_run_id)
 
 
+@pytest.mark.full
 def test_other_config_checkpoint_and_occupied_output_dir_are_refused(make_config) -> None:
     train(make_config(train_steps=2, checkpointing_steps=2))
     with pytest.raises(CheckpointError, match="rank: checkpoint has 8, config has 16"):
@@ -177,6 +184,7 @@ def test_no_unsafe_deserialisation_or_remote_code() -> None:
         assert "pickle.load" not in text, path
 
 
+@pytest.mark.full
 def test_credentials_never_reach_params_artifacts_or_logs(tiny_model: Path, sample_data: Path, tmp_path: Path) -> None:
     import tempfile
 

@@ -199,6 +199,7 @@ def test_wandb_tracker_records_the_run_offline(tmp_path: Path, clip: Path, wandb
 # -- training runs (slow) ---------------------------------------------------------------------------
 
 
+@pytest.mark.full
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_run_against_a_tracking_server_holds_everything(make_config, mlflow_server, tiny_model: Path,
@@ -254,6 +255,7 @@ def test_run_against_a_tracking_server_holds_everything(make_config, mlflow_serv
                               np.stack([f.to_ndarray(format="rgb24") for f in b.decode(video=0)]))
 
 
+@pytest.mark.full
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_report_to_wandb_records_the_run_offline(make_config, wandb_offline: Path) -> None:
@@ -276,6 +278,7 @@ def test_report_to_wandb_records_the_run_offline(make_config, wandb_offline: Pat
     assert _summary(records)["run_status"] == "FINISHED"
 
 
+@pytest.mark.full
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_a_failed_run_is_marked_failed_with_the_error(make_config, mlflow_server, monkeypatch) -> None:
@@ -291,6 +294,7 @@ def test_a_failed_run_is_marked_failed_with_the_error(make_config, mlflow_server
     assert "non-finite loss at step 2" in run.data.tags["error"]
 
 
+@pytest.mark.full
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_unreachable_server_is_a_clear_error_before_training(make_config, tmp_path: Path) -> None:

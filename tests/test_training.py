@@ -77,7 +77,7 @@ def test_full_finetune_learns_and_loads_with_from_pretrained(make_config, tiny_m
     assert _sample_loss(finetuned, shared_cache, tiny_model) < _sample_loss(base, shared_cache, tiny_model)
 
 
-@pytest.mark.parametrize("stage,training_type", [(2, "lora"), (3, "full-finetune")])
+@pytest.mark.parametrize("stage,training_type", [pytest.param(2, "lora", marks=pytest.mark.full), (3, "full-finetune")])
 def test_deepspeed_zero(stage: int, training_type: str, make_config, tiny_model: Path) -> None:
     result = train(make_config(backend="deepspeed", deepspeed_stage=stage, training_type=training_type,
                                train_steps=4, checkpointing_steps=2))
@@ -91,6 +91,7 @@ def test_deepspeed_zero(stage: int, training_type: str, make_config, tiny_model:
         LTXVideoTransformer3DModel.from_pretrained(out / "transformer")
 
 
+@pytest.mark.full
 def test_worker_failure_restarts_from_the_last_checkpoint(make_config, tmp_path: Path, monkeypatch) -> None:
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     monkeypatch.setenv("RAY_LTX_FAULT", "raise@3:1")  # rank 1 raises in its 4th step

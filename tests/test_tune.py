@@ -238,6 +238,7 @@ def test_rank_lr_grid(sweep_config) -> None:
     assert {"sweep/trials.json", "sweep/best_config.yaml"} <= artifacts
 
 
+@pytest.mark.full
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_asha_stops_a_trial_early(sweep_config, tmp_path: Path) -> None:
@@ -264,6 +265,7 @@ def test_asha_stops_a_trial_early(sweep_config, tmp_path: Path) -> None:
         assert child.info.status == ("KILLED" if statuses[trial_id] == "EARLY_STOPPED" else "FINISHED")
 
 
+@pytest.mark.full
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_failed_trial_is_recorded_and_the_sweep_goes_on(sweep_config, tmp_path: Path) -> None:
@@ -285,6 +287,7 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(sweep_config, tmp_path: 
     assert status == {f"trial-{failed['trial_id']}": "FAILED", f"trial-{finished['trial_id']}": "FINISHED"}
 
 
+@pytest.mark.full
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_resume_does_not_rerun_finished_trials(sweep_config, tmp_path: Path) -> None:

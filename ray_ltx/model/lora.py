@@ -67,7 +67,21 @@ def peft_state_dict(model: nn.Module, trainable: dict[str, torch.Tensor]) -> dic
     through PEFT's own state-dict API (``model`` carries the adapter's config)."""
     from peft import get_peft_model_state_dict
 
-    return get_peft_model_state_dict(model, state_dict=trainable, adapter_name=ADAPTER)
+    # PEFT picks the adapter's entries by the model's module names; under activation checkpointing or compiled
+    # blocks those carry wrapper segments that consolidated state dicts (FSDP, DeepSpeed) leave out.
+    own_names = {_unwrapped(name): name for name, _ in model.named_parameters()}
+    keyed = {own_names.get(name, name): tensor for name, tensor in trainable.items()}
+    saved = get_peft_model_state_dict(model, state_dict=keyed, adapter_name=ADAPTER)
+    return {_unwrapped(name): tensor for name, tensor in saved.items()}
+
+
+WRAPPER_SEGMENTS = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
+
+
+def _unwrapped(name: str) -> str:
+    for segment in WRAPPER_SEGMENTS:
+        name = name.replace(segment, "")
+    return name
 
 
 def adapter_metadata(config: Config, exclude: str | None = None) -> dict[str, Any]:
@@ -87,6 +101,8 @@ def save_diffusers_lora(output_dir: str | Path, model: nn.Module, weights: dict[
     from ray_ltx.model.family import LORA_FAMILY_KEY, LORA_MODEL_KEY
 
     layers = {k: (v.to(dtype) if dtype else v).contiguous() for k, v in peft_state_dict(model, weights).items()}
+    if not layers:
+        raise RuntimeError(f"no LoRA weights among the {len(weights)} trainable tensors (first: {sorted(weights)[:2]})")
     path = family.save_lora(Path(output_dir), layers, adapter_metadata(config, family.frozen_modules()))
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
