@@ -1,6 +1,6 @@
 """Fault injection for reliability tests and drills: ``RAY_LTX_FAULT=<kind>@<step>[:<rank>]``.
 
-The driver reads the variable and hands it to the workers in the loop config (workers of an
+The driver reads the variable into a ``FaultPlan`` and hands it to the workers with their spec (workers of an
 already running cluster do not see the driver's environment). Kinds: ``raise`` (an exception in the training step), ``kill`` (the worker SIGKILLs itself),
 ``checkpoint`` (the worker dies half-way through writing a checkpoint), ``nan`` (the loss of that
 step becomes NaN), ``infgrad`` (the loss stays finite but its gradients are infinite), ``oom`` (the step
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 KINDS = ("raise", "kill", "checkpoint", "nan", "infgrad", "oom", "shard")
@@ -22,34 +23,73 @@ class InjectedFault(RuntimeError):
     """The exception a ``raise`` fault throws."""
 
 
-def _parse(spec: str | None) -> tuple[str, int, int] | None:
-    spec = (spec or "").strip()
-    if not spec:
+@dataclass(frozen=True)
+class FaultPlan:
+    """The fault a run is asked to inject (none by default), read once on the driver and handed to the workers.
+
+    ``due`` answers at the places a fault can strike (the training step, a checkpoint write, a shard write); a
+    plan with nothing planned answers ``None`` everywhere, and the training loop then calls nothing in its step.
+    """
+
+    kind: str | None = None
+    step: int = 0
+    rank: int = 0
+    marker_dir: str = ""  # where the "fired" marker goes, so that a restarted worker goes on
+
+    @classmethod
+    def parse(cls, spec: str | None, marker_dir: str) -> FaultPlan:
+        spec = (spec or "").strip()
+        if not spec:
+            return cls()
+        kind, _, rest = spec.partition("@")
+        step, _, rank = rest.partition(":")
+        if kind not in KINDS or not step.isdigit() or not (rank or "0").isdigit():
+            raise ValueError(f"RAY_LTX_FAULT={spec!r}: expected <kind>@<step>[:<rank>] with kind in {KINDS}")
+        return cls(kind, int(step), int(rank or 0), os.environ.get("RAY_LTX_FAULT_DIR") or marker_dir)
+
+    @classmethod
+    def from_env(cls, marker_dir: str) -> FaultPlan:
+        """``RAY_LTX_FAULT`` of this process (the driver's); a malformed value is refused here, before any work."""
+        return cls.parse(os.environ.get("RAY_LTX_FAULT"), marker_dir)
+
+    def __bool__(self) -> bool:
+        return self.kind is not None
+
+    def planned_for(self, rank: int, kinds: tuple[str, ...]) -> bool:
+        return self.kind in kinds and self.rank == rank
+
+    def due(self, kinds: tuple[str, ...], step: int, rank: int) -> str | None:
+        """The planned kind, once, if it is one of ``kinds`` and due at this step and rank; the marker is written
+        first."""
+        if not self.planned_for(rank, kinds) or step != self.step:
+            return None
+        marker = Path(self.marker_dir) / f".fault-{self.kind}-{step}-{rank}.fired"
+        if marker.exists():
+            return None
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("fired\n")
+        return self.kind
+
+
+STEP_KINDS = ("raise", "kill", "nan", "infgrad", "oom")
+
+
+def step_injector(plan: FaultPlan, rank: int):
+    """What the training step applies to its loss: ``None`` when nothing is planned in this rank's steps."""
+    if not plan.planned_for(rank, STEP_KINDS):
         return None
-    kind, _, rest = spec.partition("@")
-    step, _, rank = rest.partition(":")
-    if kind not in KINDS or not step.isdigit():
-        raise ValueError(f"RAY_LTX_FAULT={spec!r}: expected <kind>@<step>[:<rank>] with kind in {KINDS}")
-    return kind, int(step), int(rank or 0)
 
+    def inject(step: int, loss):
+        kind = plan.due(STEP_KINDS, step, rank)
+        if kind == "nan":
+            return loss * float("nan")
+        if kind == "infgrad":
+            return infinite_gradient(loss)
+        if kind:
+            fire(kind, step)
+        return loss
 
-def triggered(spec: str | None, kinds: tuple[str, ...], step: int, rank: int, default_dir: str) -> str | None:
-    """The fault ``spec``'s kind, once, if it is one of ``kinds`` and due here; the marker is written first."""
-    parsed = _parse(spec)
-    if parsed is None or parsed[0] not in kinds or parsed[1:] != (step, rank):
-        return None
-    kind = parsed[0]
-    marker = Path(os.environ.get("RAY_LTX_FAULT_DIR") or default_dir) / f".fault-{kind}-{step}-{rank}.fired"
-    if marker.exists():
-        return None
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("fired\n")
-    return kind
-
-
-def check(spec: str | None) -> None:
-    """Reject a malformed spec on the driver, before any worker starts."""
-    _parse(spec)
+    return inject
 
 
 def fire(kind: str, step: int) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import defaultdict
 from typing import Any
@@ -119,7 +118,8 @@ def decode_clips(batch: dict[str, Any], buckets: list[str], data: dict[str, Any]
 RESULT_KEYS = ("kind", "path", "bucket", "sample_ids", "reason", "detail", "truncated", "latent_spec", "size")
 
 
-def write_shards(batch: dict[str, Any], cache_dir: str, digest: str, fault: str | None = None) -> dict[str, list[Any]]:
+def write_shards(batch: dict[str, Any], cache_dir: str, digest: str,
+                 fault: faults.FaultPlan | None = None) -> dict[str, list[Any]]:
     """Write the encoded rows of a batch as one shard per bucket; report shards and skips.
 
     A task killed mid-write leaves only a temporary file; Ray Data retries the task and the
@@ -147,7 +147,7 @@ def write_shards(batch: dict[str, Any], cache_dir: str, digest: str, fault: str 
             results.append({"kind": "skip", "path": batch["rel_path"][i], "reason": status,
                             "detail": batch["detail"][i]})
     for bucket, rows in by_bucket.items():
-        if fault and faults.triggered(fault, ("shard",), 0, 0, cache_dir):
+        if fault and fault.due(("shard",), 0, 0):
             partial = storage.join(cache_dir, cache_lib.SHARDS, bucket, ".tmp-killed-mid-write.parquet")
             storage.write_bytes(partial, b"PAR1 half a shard")
             faults.fire("kill", 0)
@@ -275,7 +275,7 @@ def _ray_data_stream(config: Config, rows: list[dict[str, Any]], cache_dir: str,
                         compute=ray.data.ActorPoolStrategy(size=actors), **actor_kwargs)
     ds = ds.map_batches(write_shards, batch_size=data.encode_batch_size, num_cpus=0.5,
                         fn_kwargs={"cache_dir": cache_dir, "digest": digest,
-                                   "fault": os.environ.get("RAY_LTX_FAULT")})
+                                   "fault": faults.FaultPlan.from_env(cache_dir)})
     return ds
 
 

@@ -37,6 +37,7 @@ from ray_ltx.tracking import Tracker
 from ray_ltx.train import checkpoint as ckpt
 from ray_ltx.train import elastic
 from ray_ltx.train.memory import MEMORY_JSON, MEMORY_MD
+from ray_ltx.train.spec import WorkerSpec
 
 if TYPE_CHECKING:
     from ray_ltx.train.data import DataPlan
@@ -164,7 +165,7 @@ def training_config_block(config: Config, trainable: int, plan: DataPlan) -> dic
     }
 
 
-def build_trainer(config: Config, loop_config: dict[str, Any]):
+def build_trainer(config: Config, spec: WorkerSpec, callbacks: list | None = None):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -183,11 +184,11 @@ def build_trainer(config: Config, loop_config: dict[str, Any]):
         storage_path=storage.absolute(config.storage_path),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.training.checkpointing_limit),
         failure_config=ray.train.FailureConfig(max_failures=dist.failures_allowed),
-        callbacks=loop_config.pop("callbacks", None),
+        callbacks=callbacks,
     )
     return TorchTrainer(
         train_loop,
-        train_loop_config=loop_config,
+        train_loop_config={"spec": spec},
         scaling_config=scaling,
         run_config=run_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=dist.nccl_timeout),
@@ -236,7 +237,7 @@ def _train(config: Config, *, callbacks: list | None, parent_run_id: str | None,
     run_dir = storage_dir(config)
     _prepare_output_dir(config, run_dir)
     resume_path, start_step = _resume_point(config, run_dir)
-    faults.check(os.environ.get("RAY_LTX_FAULT"))
+    faults.FaultPlan.from_env("")  # a malformed RAY_LTX_FAULT is refused before any work
     _check_model(config)
     if tracking.enabled(config):
         tracking.check(config)  # before any cluster or model work
@@ -269,8 +270,9 @@ def _train(config: Config, *, callbacks: list | None, parent_run_id: str | None,
                         training.gradient_accumulation_steps * config.distributed.max_workers, training.seed)
         storage.write_text(storage.join(output_dir, RESOLVED_CONFIG),
                            yaml.safe_dump(redacted_config(config), sort_keys=False))
-        result = _fit(config, cache, plan, held, start_step, resume_path, run_dir, tracker, callbacks)
-        steps, final_loss, checkpoint_path, trainable, memory, workers = result
+        fitted = _fit(config, cache, plan, held, start_step, resume_path, run_dir, tracker, callbacks)
+        steps, final_loss, checkpoint_path, trainable, memory, workers = (
+            fitted.steps, fitted.loss, fitted.checkpoint, fitted.trainable_parameters, fitted.memory, fitted.workers)
         _copy_export(checkpoint_path, output_dir)
         block = training_config_block(config, trainable, plan)
         storage.write_text(storage.join(output_dir, TRAINING_CONFIG), json.dumps(block, indent=4))
@@ -338,9 +340,21 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _fit(config, cache, plan: DataPlan, held, start_step, resume_path, run_dir, tracker, callbacks):
-    """Run the TorchTrainer; returns (steps, final loss, final checkpoint, trainable params, memory rows, the
-    worker groups' record)."""
+@dataclass(frozen=True)
+class _Fitted:
+    """What a TorchTrainer run left: the step reached, its loss, the final checkpoint and the workers' reports."""
+
+    steps: int
+    loss: float | None
+    checkpoint: str
+    trainable_parameters: int
+    memory: list[dict[str, Any]] = field(default_factory=list)
+    workers: dict[str, Any] = field(default_factory=dict)  # elastic.Journal.record()
+
+
+def _fit(config: Config, cache, plan: DataPlan, held: list[str], start_step: int, resume_path: str | None,
+         run_dir: str, tracker: Tracker | None, callbacks: list | None) -> _Fitted:
+    """Run the TorchTrainer (or, when the run already reached its last step, only find its final checkpoint)."""
     from ray_ltx.train.data import holdout_batches
 
     training = config.training
@@ -350,7 +364,7 @@ def _fit(config, cache, plan: DataPlan, held, start_step, resume_path, run_dir, 
             raise CheckpointError(f"nothing to resume in {run_dir}")
         path, state = found
         log.info("the run already reached step %d of %d; re-exporting from %s", state.step, training.train_steps, path)
-        return state.step, state.last_loss, path, state.trainable_parameters, [], {}
+        return _Fitted(state.step, state.last_loss, path, state.trainable_parameters)
     from ray_ltx.train.loop import FATAL
 
     stale = storage.join(run_dir, FATAL)
@@ -363,25 +377,25 @@ def _fit(config, cache, plan: DataPlan, held, start_step, resume_path, run_dir, 
     # Ray keeps the train loop config in its Train run state (the dashboard shows it): the workers get the
     # tracking URI in the tracker's handle as a Secret, which prints redacted, and need no copy of it in the config.
     config_dict["tracking"]["mlflow_tracking_uri"] = redact(config_dict["tracking"]["mlflow_tracking_uri"] or "") or None
+    scratch = run_dir if not storage.is_uri(run_dir) else "/tmp/ray-ltx-faults"
     journal = elastic.start_journal()
-    loop_config = {
-        "config": config_dict,
-        "cache_dir": cache.cache_dir,
-        "latent_spec": cache.manifest.latent_spec,
-        "plan": plan,
-        "plan_start_step": start_step,
-        "resume_path": resume_path,
-        "heldout_batches": holdout_batches(cache, held) if held else [],
-        "tracking": tracker.handle() if tracker else None,  # rank 0 reattaches to the run
-        "fault_dir": run_dir if not storage.is_uri(run_dir) else "/tmp/ray-ltx-faults",
-        "storage_dir": run_dir,
-        "fault": os.environ.get("RAY_LTX_FAULT"),
-        "sample_log": os.environ.get("RAY_LTX_SAMPLE_LOG"),
-        "journal": journal,
-        "interactive": sys.stderr.isatty(),  # rank 0 draws a live bar on this terminal, else progress lines
-        "callbacks": callbacks,
-    }
-    trainer = build_trainer(config, loop_config)
+    spec = WorkerSpec(
+        config=config_dict,
+        cache_dir=cache.cache_dir,
+        latent_spec=cache.manifest.latent_spec,
+        plan=plan,
+        plan_start_step=start_step,
+        storage_dir=run_dir,
+        scratch_dir=scratch,
+        resume_path=resume_path,
+        heldout_batches=holdout_batches(cache, held) if held else [],
+        tracking=tracker.handle() if tracker else None,
+        faults=faults.FaultPlan.from_env(scratch),
+        sample_log=os.environ.get("RAY_LTX_SAMPLE_LOG"),
+        journal=journal,
+        interactive=sys.stderr.isatty(),
+    )
+    trainer = build_trainer(config, spec, callbacks)
     try:
         result = _fit_interruptibly(trainer)
     except BaseException:
@@ -397,8 +411,8 @@ def _fit(config, cache, plan: DataPlan, held, start_step, resume_path, run_dir, 
         raise CheckpointError(f"training ended without a final checkpoint in {run_dir}")
     if value.get("validation_error"):
         log.warning("%s; the final weights are saved", value["validation_error"])
-    return (value.get("step", training.train_steps), value.get("loss"), result.checkpoint.path,
-            value.get("trainable_parameters", 0), value.get("memory", []), workers_record)
+    return _Fitted(value.get("step", training.train_steps), value.get("loss"), result.checkpoint.path,
+                   value.get("trainable_parameters", 0), value.get("memory", []), workers_record)
 
 
 def _fatal_error(record: dict[str, str]) -> UserError:

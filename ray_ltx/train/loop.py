@@ -32,9 +32,10 @@ from ray_ltx.model.family import LatentSpec, ModelFamily, family_for, torch_dtyp
 from ray_ltx.model.flow import drop_captions, flow_matching_loss, heldout_loss
 from ray_ltx.train import checkpoint as ckpt
 from ray_ltx.train import elastic, validation
-from ray_ltx.train.data import DataPlan, MicroBatchReader, record_samples
+from ray_ltx.train.data import MicroBatchReader, record_samples
 from ray_ltx.train.engine import build_engine
 from ray_ltx.train.memory import MEMORY_JSON, MEMORY_MD, MemoryReport
+from ray_ltx.train.spec import WorkerSpec
 
 log = logging.getLogger("ray_ltx.train")
 
@@ -89,12 +90,12 @@ def _all_reduce(values: list[float], device: torch.device, world: int) -> list[f
 class _Tracker:
     """Rank 0's side of the tracking run (metrics, validation videos), or nothing."""
 
-    def __init__(self, loop_config: dict[str, Any], rank: int):
+    def __init__(self, spec: WorkerSpec, rank: int):
         self.run = None
-        if rank == 0 and loop_config.get("tracking"):
+        if rank == 0 and spec.tracking:
             from ray_ltx import tracking
 
-            self.run = tracking.attach(loop_config["tracking"])
+            self.run = tracking.attach(spec.tracking)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.run:
@@ -121,8 +122,8 @@ class _Tracker:
             self.run.close(spill_dir)
 
 
-def _save_checkpoint(engine, state: ckpt.TrainState, rank: int, metrics: dict[str, Any], fault_dir: str,
-                     fault_spec: str | None, lora: Any = None, export: Any = None) -> None:
+def _save_checkpoint(engine, state: ckpt.TrainState, rank: int, metrics: dict[str, Any], fault_plan: faults.FaultPlan,
+                     lora: Any = None, export: Any = None) -> None:
     """Every rank writes its part to a fresh local folder, lists it last, then Ray persists it.
 
     A LoRA run also puts a loadable LoRA in every checkpoint (``lora/``: diffusers and ComfyUI files), so the
@@ -139,7 +140,7 @@ def _save_checkpoint(engine, state: ckpt.TrainState, rank: int, metrics: dict[st
                 lora(directory / ckpt.LORA_DIR, weights)
             if export is not None:
                 export(directory / ckpt.EXPORT_DIR, weights)
-        if faults.triggered(fault_spec, ("checkpoint",), state.step, rank, fault_dir):
+        if fault_plan.due(("checkpoint",), state.step, rank):
             faults.fire("kill", state.step)  # dies with a part written and no completion listing
         ckpt.mark_complete(directory, rank)
         checkpoint = ray.train.Checkpoint.from_directory(str(directory))
@@ -148,7 +149,7 @@ def _save_checkpoint(engine, state: ckpt.TrainState, rank: int, metrics: dict[st
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _restore(engine, loop_config: dict[str, Any], config: Config, world: int) -> ckpt.TrainState | None:
+def _restore(engine, spec: WorkerSpec, config: Config, world: int) -> ckpt.TrainState | None:
     """Load the newest complete checkpoint that loads: of this run's storage folder, or the one asked to resume from.
 
     The storage folder is scanned rather than trusting ``ray.train.get_checkpoint()`` alone: a
@@ -159,15 +160,15 @@ def _restore(engine, loop_config: dict[str, Any], config: Config, world: int) ->
     """
     from ray_ltx.errors import CheckpointError
 
-    candidates = list(ckpt.complete_checkpoints(loop_config["storage_dir"]))
-    if loop_config.get("resume_path"):
-        candidates.append((loop_config["resume_path"], ckpt.verify(loop_config["resume_path"])))
+    candidates = list(ckpt.complete_checkpoints(spec.storage_dir))
+    if spec.resume_path:
+        candidates.append((spec.resume_path, ckpt.verify(spec.resume_path)))
     candidates.sort(key=lambda item: item[1].step, reverse=True)
     if not candidates:
         return None
-    if candidates[0][1].step < loop_config["plan_start_step"]:
-        raise CheckpointError(f"the workers see no checkpoint of step {loop_config['plan_start_step']} in "
-                              f"{loop_config['storage_dir']}: --storage_path must be storage every node reaches")
+    if candidates[0][1].step < spec.plan_start_step:
+        raise CheckpointError(f"the workers see no checkpoint of step {spec.plan_start_step} in "
+                              f"{spec.storage_dir}: --storage_path must be storage every node reaches")
     path, state = candidates[0]
     ckpt.check_compatible(state, config, world, path)
     try:
@@ -195,7 +196,7 @@ MEMORY_KNOBS = ("lower --batch_size (raise --gradient_accumulation_steps to keep
                 "--offload_optimizer, and for validation --enable_tiling or smaller --validation_height/width")
 
 
-def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
+def train_loop(loop_config: dict[str, WorkerSpec]) -> dict[str, Any]:
     """The train function of every worker; a deterministic failure ends the run without Ray Train's retries.
 
     Ray Train retries every worker error ``max_failures`` times, which helps against lost workers and nodes but
@@ -203,13 +204,14 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     run's storage before it propagates; a retried attempt finds it and returns it at once, and the driver
     raises it as the user's error.
     """
-    fatal_path = storage.join(loop_config["storage_dir"], FATAL)
+    spec: WorkerSpec = loop_config["spec"]
+    fatal_path = storage.join(spec.storage_dir, FATAL)
     if storage.is_file(fatal_path):
         return {"fatal": json.loads(storage.read_text(fatal_path))}
     try:
-        return _train(loop_config)
+        return _train(spec)
     except (UserError, torch.OutOfMemoryError) as error:
-        record = _fatal_record(error, loop_config)
+        record = _fatal_record(error)
         try:
             storage.write_text(fatal_path, json.dumps(record))
         except OSError:
@@ -219,7 +221,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
         raise
 
 
-def _fatal_record(error: BaseException, loop_config: dict[str, Any]) -> dict[str, str]:
+def _fatal_record(error: BaseException) -> dict[str, str]:
     if isinstance(error, torch.OutOfMemoryError):
         rank = ray.train.get_context().get_world_rank()
         first_line = str(error).splitlines()[0] if str(error) else "out of memory"
@@ -229,30 +231,30 @@ def _fatal_record(error: BaseException, loop_config: dict[str, Any]) -> dict[str
     return {"type": type(error).__name__, "message": str(error)}
 
 
-def _train(loop_config: dict[str, Any]) -> dict[str, Any]:
-    config = Config.from_dict(loop_config["config"])
+def _train(run: WorkerSpec) -> dict[str, Any]:
+    config = run.run_config
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     setup_logging()
     training, diffusion = config.training, config.diffusion
     compute = torch_dtype(config.model.transformer_dtype)
-    fault_dir, fault_spec = loop_config["fault_dir"], loop_config.get("fault")
     torch.manual_seed(training.seed)
 
     memory = MemoryReport(device)
     family = family_for(config)
     transformer, trainable = prepare_transformer(config, family, device)
     engine = build_engine(transformer, config, device, world)
-    state = _restore(engine, loop_config, config, world) or ckpt.TrainState.for_config(config, world, trainable)
+    state = _restore(engine, run, config, world) or ckpt.TrainState.for_config(config, world, trainable)
     state.trainable_parameters, state.world_size = trainable, world  # a checkpoint of another size may load here
-    spec = LatentSpec.from_dict(loop_config["latent_spec"])
-    empty_embeds, empty_mask = read_empty_prompt(loop_config["cache_dir"])
+    spec = LatentSpec.from_dict(run.latent_spec)
+    empty_embeds, empty_mask = read_empty_prompt(run.cache_dir)
     empty_embeds, empty_mask = empty_embeds.to(device, compute), empty_mask.to(device)
-    heldout = [b.to(device, compute) for b in loop_config.get("heldout_batches", [])]
-    plan: DataPlan = loop_config["plan"]
+    heldout = [b.to(device, compute) for b in run.heldout_batches]
+    plan = run.plan
     loss_scale = plan.loss_scale(world)
-    tracker = _Tracker(loop_config, rank)
+    tracker = _Tracker(run, rank)
+    inject_fault = faults.step_injector(run.faults, rank)  # None unless a drill planned a fault in these steps
     if rank == 0:
         log.info("rank 0 of %d on %s: %s, %s trainable parameters, starting at step %d of %d",
                  world, device, training.training_type, f"{trainable:,}", state.step, training.train_steps)
@@ -261,7 +263,7 @@ def _train(loop_config: dict[str, Any]) -> dict[str, Any]:
                  f", {plan.passes(world) * world - plan.micro_batches_per_step} of them padding"
                  if plan.micro_batches_per_step % world else "")
 
-    reader = MicroBatchReader(plan, LatentCache.open(loop_config["cache_dir"]), rank, world, state.step,
+    reader = MicroBatchReader(plan, LatentCache.open(run.cache_dir), rank, world, state.step,
                               training.train_steps)
 
     def export(directory: Path, weights: dict[str, torch.Tensor] | None) -> None:
@@ -320,8 +322,8 @@ def _train(loop_config: dict[str, Any]) -> dict[str, Any]:
         from ray_ltx.progress import Progress
 
         progress = Progress(training.train_steps, "step", "steps", logger=log, start=state.step,
-                            bar=bool(loop_config.get("interactive")), remote=True)
-    group = elastic.GroupLog(loop_config["journal"], rank, world, state.step)
+                            bar=run.interactive, remote=True)
+    group = elastic.GroupLog(run.journal, rank, world, state.step)
     while state.step < training.train_steps:
         step = state.step
         started = time.perf_counter()
@@ -336,14 +338,8 @@ def _train(loop_config: dict[str, Any]) -> dict[str, Any]:
                 with torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32):
                     loss = flow_matching_loss(family, engine.module, batch, spec, diffusion, generator, compute,
                                               training.first_frame_conditioning_p)
-                fault = (faults.triggered(fault_spec, ("raise", "kill", "nan", "infgrad", "oom"), step, rank, fault_dir)
-                         if micro == 0 else None)
-                if fault == "nan":
-                    loss = loss * float("nan")
-                elif fault == "infgrad":
-                    loss = faults.infinite_gradient(loss)
-                elif fault:
-                    faults.fire(fault, step)
+                if inject_fault is not None and micro == 0:
+                    loss = inject_fault(step, loss)
                 # The mean over the step's micro-batches once the engine averages over the workers; a padding
                 # pass (a worker with one micro-batch fewer) runs in step with the others and trains nothing.
                 engine.backward(loss * (0.0 if slot.padding else loss_scale))
@@ -360,11 +356,11 @@ def _train(loop_config: dict[str, Any]) -> dict[str, Any]:
             grad_norm = engine.step()  # a non-finite gradient norm skips the update (the weights stay clean)
         stepped = not nonfinite and math.isfinite(grad_norm)
         if not stepped:
-            _handle_nonfinite(state, config, loop_config, step, "loss" if nonfinite else "gradients", engine)
+            _handle_nonfinite(state, config, run.storage_dir, step, "loss" if nonfinite else "gradients", engine)
         state.step += 1
         group.step(state.step)
-        if loop_config.get("sample_log"):
-            record_samples(loop_config["sample_log"], state.step, rank, world, [slot for slot, _ in passes])
+        if run.sample_log:
+            record_samples(run.sample_log, state.step, rank, world, [slot for slot, _ in passes])
         done = state.step >= training.train_steps
         checkpoint_due = done or state.step % training.checkpointing_steps == 0
         report: dict[str, Any] = {"step": state.step, "skipped_steps": state.skipped_steps}
@@ -400,9 +396,9 @@ def _train(loop_config: dict[str, Any]) -> dict[str, Any]:
         # The final weights are saved before the last validation, so nothing that goes wrong there can lose them.
         if done:
             memory.record("after training end")
-            _save_checkpoint(engine, state, rank, report, fault_dir, fault_spec, lora=lora, export=export)
+            _save_checkpoint(engine, state, rank, report, run.faults, lora=lora, export=export)
         elif checkpoint_due:
-            _save_checkpoint(engine, state, rank, report, fault_dir, fault_spec, lora=lora)
+            _save_checkpoint(engine, state, rank, report, run.faults, lora=lora)
         elif "val_loss" in report:
             ray.train.report(report)
         if validating and (done or (config.validation.validation_steps and
@@ -411,7 +407,7 @@ def _train(loop_config: dict[str, Any]) -> dict[str, Any]:
     reader.close()
     if progress is not None:
         progress.close()
-    tracker.close(Path(loop_config["fault_dir"]))
+    tracker.close(Path(run.scratch_dir))
     return {"step": state.step, "loss": state.last_loss, "trainable_parameters": trainable,
             "memory": memory.rows, "validation_error": validation_error[0]}
 
@@ -426,7 +422,7 @@ def _process_health() -> dict[str, float]:
     return {"process_rss_gib": rss / 2**30, "open_files": float(len(os.listdir("/proc/self/fd")))}
 
 
-def _handle_nonfinite(state: ckpt.TrainState, config: Config, loop_config: dict[str, Any], step: int, what: str,
+def _handle_nonfinite(state: ckpt.TrainState, config: Config, storage_dir: str, step: int, what: str,
                       engine) -> None:
     """A step whose loss or gradients were not finite: skipped (the update was not applied) or the run stops."""
     training = config.training
@@ -441,7 +437,7 @@ def _handle_nonfinite(state: ckpt.TrainState, config: Config, loop_config: dict[
                  "a DeepSpeed step cannot be skipped once its gradients are in: use --backend ddp or fsdp to skip")
     raise TrainingDivergedError(
         f"non-finite {what} at step {step + 1} (after {state.skipped_steps} skipped steps); last good: {where} in "
-        f"{loop_config['storage_dir']}. Lower --lr, raise --max_grad_norm protection, or {skip_hint}, and resume "
+        f"{storage_dir}. Lower --lr, raise --max_grad_norm protection, or {skip_hint}, and resume "
         "with --resume_from_checkpoint latest"
     )
 
