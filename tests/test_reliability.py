@@ -44,6 +44,10 @@ def test_worker_sigkill_resumes_from_the_checkpoint(make_config, tmp_path: Path,
     result = train(make_config(train_steps=6, checkpointing_steps=2, max_failures=2, report_to="mlflow",
                                mlflow_tracking_uri=uri))
     assert result.steps == 6
+    # the fault fired (its marker) and the worker group was restarted once, from checkpoint 2
+    assert (Path(result.output_dir) / "ray" / "train" / ".fault-kill-3-0.fired").is_file()
+    (restart,) = result.workers["restarts"]
+    assert restart["steps_lost"] == 1 and result.workers["sizes"] == [2, 2]
     steps = _steps(uri, result.mlflow_run_id)
     assert steps.count(1) == steps.count(2) == 1 and set(steps) == set(range(1, 7))
     from diffusers import LTXPipeline

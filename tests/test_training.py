@@ -98,6 +98,8 @@ def test_worker_failure_restarts_from_the_last_checkpoint(make_config, tmp_path:
     result = train(make_config(train_steps=6, checkpointing_steps=2, max_failures=1, report_to="mlflow",
                                mlflow_tracking_uri=uri))
     assert result.steps == 6
+    assert (Path(result.output_dir) / "ray" / "train" / ".fault-raise-3-1.fired").is_file()
+    assert len(result.workers["restarts"]) == 1  # the fault fired and the group restarted once
     # one value per step: the steps replayed after the restart from checkpoint 2 are not logged twice
     assert sorted(_metric_steps(uri, result.mlflow_run_id)) == list(range(1, 7))
 
