@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DATE_FORMAT = "%H:%M:%S"
@@ -18,7 +19,6 @@ def setup_logging(verbose: bool = False) -> None:
 #: Ray's internal loggers whose INFO/WARNING lines repeat every few seconds in a healthy run.
 CHATTY_LOGGERS = {
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
-    "ray.train.v2._internal.execution.context": logging.WARNING,  # "Reporting training result ..." per rank
     "ray.data._internal.progress": logging.WARNING,
     "ray.data._internal.execution.streaming_executor": logging.WARNING,
 }
@@ -31,5 +31,19 @@ def quiet_ray() -> None:
     """
     for name, level in CHATTY_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
+    for relative, level in CHATTY_FILE_LOGGERS.items():
+        logging.getLogger(_ray_file(relative)).setLevel(level)
+
+
+#: Ray modules that name their logger by file path (``logging.getLogger(__file__)``), relative to the ray package.
+CHATTY_FILE_LOGGERS = {
+    "train/v2/_internal/execution/context.py": logging.WARNING,  # "Reporting training result ..." per rank
+}
+
+
+def _ray_file(relative: str) -> str:
+    import ray  # already imported wherever this runs (the CLI, Ray workers); its submodules are not needed
+
+    return os.path.join(os.path.dirname(ray.__file__), *relative.split("/"))
 
 
