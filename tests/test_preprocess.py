@@ -233,3 +233,21 @@ def test_encoder_layout_warns_when_it_asks_for_more_gpus_than_the_cluster_has(ca
     with caplog.at_level("WARNING", logger="ray_ltx.data.pipeline"):
         assert encoder_layout(4, 1.0, 2) == (1.0, 4)
     assert "asks for 8 GPUs" in caplog.text and "--encode_actors" in caplog.text
+
+
+def test_a_cpu_encodes_a_clip_of_the_seed_bucket_in_fp32_in_seconds(tiny_model: Path, tmp_path: Path) -> None:
+    """The default dtypes on a machine without a GPU: fp32 (bf16 3D convolutions run ~100x slower on CPUs)."""
+    import time
+
+    from ray_ltx.data.encode import VaeEncoder
+
+    path = clip(tmp_path / "seed.mp4", 49, 512, 768)
+    info = probe(str(path))
+    frames = decode_frames(str(path), sample_frame_indices(info.num_frames, 49, info.fps), 512, 768)
+    config = base_config(tiny_model, tmp_path, tmp_path / "out", video_resolution_buckets=["49x512x768"],
+                         vae_dtype="auto", text_encoder_dtype="auto")
+    started = time.monotonic()
+    latents = VaeEncoder(config.to_dict()).encode(frames[None])
+    seconds = time.monotonic() - started
+    assert latents.dtype == torch.float32 and latents.shape[2:] == (7, 16, 24)  # 49 frames / 8 + 1, 512 / 32, 768 / 32
+    assert seconds < 60, f"{seconds:.1f} s for one 49x512x768 clip"  # bf16 takes minutes

@@ -135,12 +135,16 @@ def test_mlflow_server_restart_mid_run_loses_no_metric(make_config, tmp_path: Pa
     config = make_config(train_steps=30, checkpointing_steps=5, report_to="mlflow", mlflow_tracking_uri=server.uri)
     out = tmp_path / "out" / "ray" / "train"
 
+    outage: list[float] = []
+
     def bounce() -> None:
         deadline = time.monotonic() + 600
         while latest_checkpoint(str(out)) is None and time.monotonic() < deadline:
             time.sleep(0.2)
         server.stop()
+        outage.append(time.time())
         time.sleep(8)
+        outage.append(time.time())
         server.start()
 
     bouncer = threading.Thread(target=bounce, daemon=True)
@@ -151,6 +155,10 @@ def test_mlflow_server_restart_mid_run_loses_no_metric(make_config, tmp_path: Pa
         client = MlflowClient(server.uri)
         assert client.get_run(result.mlflow_run_id).info.status == "FINISHED"
         assert sorted(_steps(server.uri, result.mlflow_run_id)) == list(range(1, 31))
+        # the outage overlapped training: steps were computed while the server was down, logged after
+        during = [m.step for m in client.get_metric_history(result.mlflow_run_id, "loss")
+                  if outage[0] * 1000 <= m.timestamp <= outage[1] * 1000]
+        assert len(outage) == 2 and during, (outage, "no step was trained while the server was down")
     finally:
         server.stop()
 
