@@ -184,6 +184,9 @@ class DeepSpeedEngine(Engine):
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(config, world_size),
             dist_init_required=False,
         )
+        from ray_ltx.train.deepspeed_checkpoint import read_checkpoints_safely
+
+        read_checkpoints_safely(self.engine)  # DeepSpeed's own reader would unpickle anything a checkpoint holds
         self.module = self.engine
         self._norm = 0.0
 
