@@ -242,9 +242,9 @@ def deepspeed_config(config: Config, world_size: int) -> dict[str, Any]:
     if dist.deepspeed_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     if dist.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if dist.offload_params:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     dtype = config.model.transformer_dtype
     return {
         "train_micro_batch_size_per_gpu": training.batch_size,
@@ -255,6 +255,9 @@ def deepspeed_config(config: Config, world_size: int) -> dict[str, Any]:
         "bf16": {"enabled": dtype == "bf16"},
         "fp16": {"enabled": dtype == "fp16"},
         "zero_allow_untested_optimizer": True,
+        # ray-ltx builds the optimizer (torch AdamW or the one asked for); DeepSpeed otherwise refuses any but its
+        # own CPU Adam under ZeRO-Offload. The optimizer step then runs on the CPU in torch.
+        "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
