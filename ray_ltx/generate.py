@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ray_ltx.config import default_tracking_uri
 from ray_ltx.errors import ConfigError
 from ray_ltx.redaction import Secret
 
@@ -176,7 +177,8 @@ def generate_from_args(args) -> list[Path]:
         "model": args.model, "base_model": args.base_model, "model_name": args.model_name, "variant": args.variant,
         "lora": args.lora, "lora_scale": args.lora_scale, "dtype": args.dtype, "image": args.image,
         # a Secret: Ray keeps what the batch mode's actors are handed, and it prints redacted
-        "tracking_uri": Secret(args.mlflow_tracking_uri) if args.mlflow_tracking_uri else None,
+        # resolved here: batch-mode actors on other nodes have neither this MLFLOW_TRACKING_URI nor this ./mlruns
+        "tracking_uri": Secret(args.mlflow_tracking_uri or default_tracking_uri()),
         "negative_prompt": args.negative_prompt, "num_frames": args.num_frames, "height": args.height,
         "width": args.width, "steps": args.steps, "guidance_scale": args.guidance_scale, "seed": args.seed,
         "fps": args.fps, "out": args.out,

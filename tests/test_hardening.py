@@ -376,3 +376,21 @@ def test_a_crash_mid_export_leaves_the_previous_transformer_whole(tmp_path: Path
     driver._copy_export(str(tmp_path / "checkpoint"), str(out))
     assert contents() == new and [p.name for p in out.iterdir()] == ["transformer"]
 
+
+
+def test_outputs_in_object_storage_are_uploaded_to_tracking_from_a_local_copy(tmp_path: Path) -> None:
+    """--output_dir s3://... : the tracker logs (and registers) real files, not paths that exist only remotely."""
+    from ray_ltx.train.driver import _local_outputs
+
+    remote = tmp_path / "bucket" / "run"
+    (remote / "transformer").mkdir(parents=True)
+    (remote / "transformer" / "config.json").write_text("{}")
+    (remote / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
+    (remote / "config.yaml").write_text("rank: 8\n")
+    with _local_outputs(f"file://{remote}", ("config.yaml", "transformer", "memory.md")) as local:
+        assert local != remote and (local / "config.yaml").read_text() == "rank: 8\n"
+        assert (local / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes() == b"weights"
+        assert sorted(p.name for p in local.iterdir()) == ["config.yaml", "transformer"]  # memory.md: none there
+    assert not local.exists()
+    with _local_outputs(str(remote), ("config.yaml",)) as same:
+        assert same == remote

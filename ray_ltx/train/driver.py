@@ -8,11 +8,13 @@ copies them to ``output_dir``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -535,17 +537,42 @@ def _weights(config: Config, output_dir: str) -> tuple[Path, str]:
     return Path(output_dir) / "transformer", "weights/transformer"
 
 
+@contextlib.contextmanager
+def _local_outputs(output_dir: str, names: tuple[str, ...]):
+    """``output_dir`` as a local folder for the tracker's uploads: itself, or (s3://, gs://) a temporary copy of
+    the named files and folders."""
+    if not storage.is_uri(output_dir):
+        yield Path(output_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="ray-ltx-outputs-") as temp:
+        for name in names:
+            source = storage.join(output_dir, name)
+            files = storage.list_files(source) if storage.is_dir(source) else [source] if storage.is_file(source) else []
+            for path in files:
+                target = Path(temp) / name / path[len(source):].lstrip("/") if path != source else Path(temp) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(storage.read_bytes(path))
+        yield Path(temp)
+
+
 def _log_outputs(config: Config, tracker: Tracker, output_dir: str, cache, memory: list[dict[str, Any]],
                  workers: dict[str, Any]) -> str | None:
-    local = Path(output_dir)
-    for artifact_dir, path in (("", local / RESOLVED_CONFIG), ("config", local / TRAINING_CONFIG),
+    weights, artifact_dir = _weights(config, output_dir)
+    with _local_outputs(output_dir, (RESOLVED_CONFIG, TRAINING_CONFIG, MEMORY_MD, weights.name)) as local:
+        return _log_local_outputs(config, tracker, local, cache, memory, workers, artifact_dir)
+
+
+def _log_local_outputs(config: Config, tracker: Tracker, local: Path, cache, memory: list[dict[str, Any]],
+                       workers: dict[str, Any], artifact_dir: str) -> str | None:
+    for artifact_dir_, path in (("", local / RESOLVED_CONFIG), ("config", local / TRAINING_CONFIG),
                                ("memory", local / MEMORY_MD)):
-        tracker.log_artifact(path, artifact_dir)
+        tracker.log_artifact(path, artifact_dir_)
     if memory:
         tracker.log_table(memory, "memory/memory_report.json")
     tracker.log_dict(cache.manifest.summary(), "cache/manifest_summary.json")
     elastic.log_to_tracker(tracker, workers)
-    registered = tracker.log_model(*_weights(config, output_dir), config.tracking.register_model)
+    registered = tracker.log_model(local / _weights(config, str(local))[0].name, artifact_dir,
+                                   config.tracking.register_model)
     if registered:
         log.info("the weights are registered: %s", registered)
     return registered

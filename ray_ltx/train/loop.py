@@ -30,6 +30,7 @@ from ray_ltx.errors import OutOfMemoryError, TrainingDivergedError, UserError
 from ray_ltx.logs import setup_logging
 from ray_ltx.model.family import LatentSpec, ModelFamily, family_for, torch_dtype
 from ray_ltx.model.flow import drop_captions, flow_matching_loss, heldout_loss
+from ray_ltx.redaction import redact
 from ray_ltx.train import checkpoint as ckpt
 from ray_ltx.train import elastic, validation
 from ray_ltx.train.data import MicroBatchReader, record_samples
@@ -88,23 +89,38 @@ def _all_reduce(values: list[float], device: torch.device, world: int) -> list[f
 
 
 class _Tracker:
-    """Rank 0's side of the tracking run (metrics, validation videos), or nothing."""
+    """Rank 0's side of the tracking run (metrics, validation videos), or nothing.
+
+    Best effort: a tracking outage or a failing preview costs records (with a warning), never the training run.
+    The tracker buffers and retries on its own; what still fails here is reported and dropped.
+    """
 
     def __init__(self, spec: WorkerSpec, rank: int):
         self.run = None
+        self.failures = 0
         if rank == 0 and spec.tracking:
             from ray_ltx import tracking
 
-            self.run = tracking.attach(spec.tracking)
+            self.run = self._safely("reattaching to the tracking run", tracking.attach, spec.tracking)
+
+    def _safely(self, what: str, call, *args):
+        try:
+            return call(*args)
+        except Exception as error:  # noqa: BLE001 - tracking must not end the run
+            self.failures += 1
+            if self.failures <= 3 or self.failures % 100 == 0:
+                log.warning("tracking: %s failed (%s: %s); training goes on (%d tracking failure(s) so far)", what,
+                            type(error).__name__, redact(str(error))[:300], self.failures)
+            return None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.run:
-            self.run.log_metrics(step, metrics)
+            self._safely(f"logging step {step}", self.run.log_metrics, step, metrics)
 
     def flush(self) -> None:
         """At each checkpoint: what a restart would not replay must be tracked already."""
         if self.run:
-            self.run.flush()
+            self._safely("flushing metrics", self.run.flush)
 
     def log_videos(self, step: int, outputs: list, output_dir: str) -> None:
         """Copy validation videos to ``<output_dir>/validation/`` and log them, with their prompts, to the run."""
@@ -112,14 +128,15 @@ class _Tracker:
 
         for path, item in outputs:
             relative = f"validation/step_{step:06d}/{path.name}"
-            storage.write_bytes(storage.join(output_dir, relative), path.read_bytes())
+            self._safely(f"copying {relative}", storage.write_bytes, storage.join(output_dir, relative),
+                         path.read_bytes())
             if self.run:
-                self.run.log_video(step, f"validation/{path.stem}", path,
-                                   f"{item.prompt}\n{item.num_frames}x{item.height}x{item.width}")
+                self._safely(f"logging {relative}", self.run.log_video, step, f"validation/{path.stem}", path,
+                             f"{item.prompt}\n{item.num_frames}x{item.height}x{item.width}")
 
     def close(self, spill_dir: Path) -> None:
         if self.run:
-            self.run.close(spill_dir)
+            self._safely("closing the tracking writer", self.run.close, spill_dir)
 
 
 def _save_checkpoint(engine, state: ckpt.TrainState, rank: int, metrics: dict[str, Any], fault_plan: faults.FaultPlan,
