@@ -14,9 +14,12 @@ resize) and the summary.
 from __future__ import annotations
 
 import datetime
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 RESIZES_ARTIFACT = "elastic/resizes.json"
 
@@ -84,8 +87,13 @@ def end_journal(journal: Any, read: bool = False) -> dict[str, Any]:
     """End the journal actor; with ``read``, first fetch what it recorded ({} otherwise)."""
     import ray
 
-    record = ray.get(journal.record.remote()) if read else {}
-    ray.kill(journal)
+    record: dict[str, Any] = {}
+    try:
+        if read:
+            record = ray.get(journal.record.remote(), timeout=60)
+        ray.kill(journal)
+    except Exception as error:  # noqa: BLE001 - bookkeeping: the run's weights do not depend on it
+        log.warning("the worker-group journal could not be read (%s): resizes are not reported", error)
     return record
 
 
@@ -96,7 +104,13 @@ class GroupLog:
         import ray
 
         self._journal = journal if rank == 0 else None
-        self._group = ray.get(journal.begin.remote(world_size, step)) if self._journal is not None else 0
+        self._group = 0
+        if self._journal is not None:
+            try:
+                self._group = ray.get(journal.begin.remote(world_size, step), timeout=60)
+            except Exception as error:  # noqa: BLE001 - bookkeeping must not stop training
+                log.warning("the worker-group journal does not answer (%s): this group's resizes go unrecorded", error)
+                self._journal = None
 
     def step(self, step: int) -> None:
         if self._journal is not None:
