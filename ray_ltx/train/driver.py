@@ -240,9 +240,9 @@ def _train(config: Config, *, callbacks: list | None, parent_run_id: str | None,
     _prepare_output_dir(config, run_dir)
     resume_path, start_step = _resume_point(config, run_dir)
     faults.FaultPlan.from_env("")  # a malformed RAY_LTX_FAULT is refused before any work
-    _check_model(config)
     if tracking.enabled(config):
         tracking.check(config)  # before any cluster or model work
+    _check_model(config)
     init_ray(config)
 
     tracker = None
