@@ -481,3 +481,17 @@ def test_a_lost_node_shrinks_the_run_and_a_new_one_grows_it_back(
     summary = log.read_text()
     assert "workers:     2 -> 1 -> 2 (2 resizes, 2 restarts)" in summary, summary[-3000:]
     LTXPipeline.from_pretrained(tiny_model).load_lora_weights(str(out))
+
+
+def test_resuming_with_another_global_batch_says_the_samples_regroup(caplog) -> None:
+    from ray_ltx.config import build_config
+    from ray_ltx.train.checkpoint import TrainState, check_compatible
+
+    made = build_config({"num_workers": "2:4", "gradient_accumulation_steps": 2})
+    state = TrainState.for_config(made, 4, 100)
+    assert state.micro_batches_per_step == 8
+    with caplog.at_level("WARNING"):
+        check_compatible(state, made, 4, "ckpt")
+    assert "micro-batches per step" not in caplog.text
+    check_compatible(state, build_config({"num_workers": "2:6", "gradient_accumulation_steps": 2}), 6, "ckpt")
+    assert "trained 8 micro-batches per step" in caplog.text and "this run trains 12" in caplog.text

@@ -45,6 +45,7 @@ class TrainState:
     trainable_parameters: int = 0
     last_loss: float | None = None
     skipped_steps: int = 0
+    micro_batches_per_step: int = 0  # gradient_accumulation_steps x MAX workers (0: a checkpoint from before it)
 
     @classmethod
     def for_config(cls, config: Config, world_size: int, trainable_parameters: int) -> TrainState:
@@ -56,6 +57,7 @@ class TrainState:
             lora_alpha=config.training.lora_alpha if lora else None,
             target_modules=list(config.training.target_modules) if lora else None,
             trainable_parameters=trainable_parameters,
+            micro_batches_per_step=config.training.gradient_accumulation_steps * config.distributed.max_workers,
         )
 
 
@@ -157,6 +159,11 @@ def check_compatible(state: TrainState, config: Config, world_size: int, directo
     if state.backend not in RESIZABLE_BACKENDS and state.world_size != world_size:
         problems.append(f"workers: {state.backend} checkpoint of {state.world_size} workers (it loads only at that "
                         f"size), run has {world_size}")
+    if state.micro_batches_per_step and state.micro_batches_per_step != expected.micro_batches_per_step:
+        log.warning("checkpoint %s trained %d micro-batches per step (gradient_accumulation_steps x workers), this run "
+                    "trains %d: the global batch changes from here on, and the rest of the epoch's samples are "
+                    "regrouped into steps of the new size", directory, state.micro_batches_per_step,
+                    expected.micro_batches_per_step)
     if problems:
         raise CheckpointError(
             f"checkpoint {directory} was made with another configuration:\n  " + "\n  ".join(problems)

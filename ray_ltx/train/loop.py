@@ -264,6 +264,7 @@ def _train(run: WorkerSpec) -> dict[str, Any]:
     engine = build_engine(transformer, config, device, world)
     state = _restore(engine, run, config, world) or ckpt.TrainState.for_config(config, world, trainable)
     state.trainable_parameters, state.world_size = trainable, world  # a checkpoint of another size may load here
+    state.micro_batches_per_step = run.plan.micro_batches_per_step
     spec = LatentSpec.from_dict(run.latent_spec)
     empty_embeds, empty_mask = read_empty_prompt(run.cache_dir)
     empty_embeds, empty_mask = empty_embeds.to(device, compute), empty_mask.to(device)
