@@ -19,6 +19,7 @@ def setup_logging(verbose: bool = False) -> None:
 #: Ray's internal loggers whose INFO/WARNING lines repeat every few seconds in a healthy run.
 CHATTY_LOGGERS = {
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
+    "ray.train.v2._internal.execution.storage": logging.WARNING,  # "Checkpoint successfully created" per rank
     "ray.data._internal.progress": logging.WARNING,
     "ray.data._internal.execution.streaming_executor": logging.WARNING,
 }

@@ -263,17 +263,17 @@ class LTX2Family(ModelFamily):
             self.check_single_file()
             model = LTX2VideoTransformer3DModel.from_single_file(
                 self.config.model.pretrained_model_name_or_path, config=self.base, subfolder="transformer",
-                torch_dtype=dtype)
+                dtype=dtype)
         else:
             model = self._from_base(LTX2VideoTransformer3DModel.from_pretrained, "transformer",
-                                    subfolder="transformer", torch_dtype=dtype, use_safetensors=True)
+                                    subfolder="transformer", dtype=dtype, use_safetensors=True)
         return model.to(device)
 
     def load_vae(self, device: torch.device, dtype: torch.dtype | None = None) -> nn.Module:
         from diffusers import AutoencoderKLLTX2Video
 
         dtype = dtype or auto_dtype(self.config.model.vae_dtype, device, "the VAE")
-        vae = self._from_base(AutoencoderKLLTX2Video.from_pretrained, "VAE", subfolder="vae", torch_dtype=dtype,
+        vae = self._from_base(AutoencoderKLLTX2Video.from_pretrained, "VAE", subfolder="vae", dtype=dtype,
                               use_safetensors=True)
         if self.config.training.enable_slicing:
             vae.enable_slicing()
@@ -291,7 +291,7 @@ class LTX2Family(ModelFamily):
         text_encoder = self._from_base(Gemma3ForConditionalGeneration.from_pretrained, "text encoder",
                                        subfolder="text_encoder", torch_dtype=dtype, use_safetensors=True)
         connectors = self._from_base(LTX2TextConnectors.from_pretrained, "text connectors", subfolder="connectors",
-                                     torch_dtype=dtype, use_safetensors=True)
+                                     dtype=dtype, use_safetensors=True)
         tokenizer = self._from_base(AutoTokenizer.from_pretrained, "tokenizer", subfolder="tokenizer")
         pipe = LTX2Pipeline(scheduler=None, vae=None, audio_vae=None, text_encoder=text_encoder, tokenizer=tokenizer,
                             connectors=connectors, transformer=None, vocoder=None)
@@ -315,7 +315,7 @@ class LTX2Family(ModelFamily):
 
         dtype = auto_dtype(self.config.model.vae_dtype, device, "the audio VAE")
         vae = self._from_base(AutoencoderKLLTX2Audio.from_pretrained, "audio VAE", subfolder="audio_vae",
-                              torch_dtype=dtype, use_safetensors=True)
+                              dtype=dtype, use_safetensors=True)
         return LTX2AudioEncoder(vae.to(device).eval().requires_grad_(False))
 
     def transformer_blocks(self, transformer: nn.Module) -> Sequence[nn.Module]:
@@ -402,7 +402,7 @@ class LTX2Family(ModelFamily):
         given = {} if transformer is None else {"transformer": transformer}
         # The video VAE in fp32 on the CPU, where bf16 3D convolutions are ~100x slower (the pipeline casts to it).
         vae = self.load_vae(device, dtype if device.type == "cuda" else None)
-        pipe = self._from_base(cls.from_pretrained, "pipeline", torch_dtype=dtype, use_safetensors=True, vae=vae,
+        pipe = self._from_base(cls.from_pretrained, "pipeline", dtype=dtype, use_safetensors=True, vae=vae,
                                **given)
         return pipe.to(device)
 

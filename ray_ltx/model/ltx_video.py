@@ -420,17 +420,17 @@ class LTXVideoFamily(ModelFamily):
             self.check_single_file()
             model = LTXVideoTransformer3DModel.from_single_file(
                 self.config.model.pretrained_model_name_or_path, config=self.base, subfolder="transformer",
-                torch_dtype=dtype)
+                dtype=dtype)
         else:
             model = self._from_base(LTXVideoTransformer3DModel.from_pretrained, "transformer", subfolder="transformer",
-                                    torch_dtype=dtype, use_safetensors=True)
+                                    dtype=dtype, use_safetensors=True)
         return model.to(device)
 
     def load_vae(self, device: torch.device, dtype: torch.dtype | None = None) -> nn.Module:
         from diffusers import AutoencoderKLLTXVideo
 
         dtype = dtype or auto_dtype(self.config.model.vae_dtype, device, "the VAE")
-        vae = self._from_base(AutoencoderKLLTXVideo.from_pretrained, "VAE", subfolder="vae", torch_dtype=dtype,
+        vae = self._from_base(AutoencoderKLLTXVideo.from_pretrained, "VAE", subfolder="vae", dtype=dtype,
                               use_safetensors=True)
         if self.config.training.enable_slicing:
             vae.enable_slicing()
@@ -513,7 +513,7 @@ class LTXVideoFamily(ModelFamily):
 
         cls = self.pipeline_class(image_to_video)
         if transformer is None and not self.single_file:
-            pipe = self._from_base(cls.from_pretrained, "pipeline", torch_dtype=dtype, use_safetensors=True)
+            pipe = self._from_base(cls.from_pretrained, "pipeline", dtype=dtype, use_safetensors=True)
             return pipe.to(device)
         if transformer is None:
             transformer = self.load_transformer(dtype, device)
