@@ -444,6 +444,11 @@ def test_a_lost_node_shrinks_the_run_and_a_new_one_grows_it_back(
                        for r in _records(samples_dir)) >= steps
 
         _wait(lambda: trained_at(2, 5), "5 steps on 2 workers", driver, log)
+        from ray_ltx.train.checkpoint import latest_checkpoint
+
+        # the node goes once a checkpoint of the 2-worker group is complete, so the restart resumes from it
+        _wait(lambda: latest_checkpoint(str(out / "ray" / "train")) is not None, "a checkpoint on 2 workers", driver,
+              log)
         import time
 
         stopped_at = time.time()
