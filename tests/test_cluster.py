@@ -15,6 +15,7 @@ every Ray cluster on the machine.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -547,6 +548,17 @@ class LocalRayCluster:
                 pass
         self.nodes = [(n, p) for n, p in self.nodes if p is not process]
 
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, num_cpus: int):
+        """A started head (``num_cpus`` CPUs), shut down on exit."""
+        cluster = cls()
+        try:
+            cluster.start_head(num_cpus=num_cpus)
+            yield cluster
+        finally:
+            cluster.shutdown()
+
     def shutdown(self) -> None:
         for _, process in reversed(list(self.nodes)):  # worker nodes first, the head last
             self.stop_node(process)
@@ -629,12 +641,8 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> LocalRayCluster:
-    cluster = LocalRayCluster()
-    try:
-        cluster.start_head(num_cpus=8)
+    with LocalRayCluster.running(num_cpus=8) as cluster:
         yield cluster
-    finally:
-        cluster.shutdown()
 
 
 def _workdir(tmp_path: Path, assets: dict[str, Path]) -> Path:

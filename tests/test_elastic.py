@@ -369,12 +369,8 @@ def nodes():
     """A local multi-node Ray cluster: a head for the driver, trainer nodes added by the test."""
     from test_cluster import LocalRayCluster
 
-    cluster = LocalRayCluster()
-    try:
-        cluster.start_head(num_cpus=2)
+    with LocalRayCluster.running(num_cpus=2) as cluster:
         yield cluster
-    finally:
-        cluster.shutdown()
 
 
 def _join(nodes, name: str):

@@ -273,12 +273,10 @@ def _train(config: Config, *, callbacks: list | None, parent_run_id: str | None,
         storage.write_text(storage.join(output_dir, RESOLVED_CONFIG),
                            yaml.safe_dump(redacted_config(config), sort_keys=False))
         fitted = _fit(config, cache, plan, held, start_step, resume_path, run_dir, tracker, callbacks)
-        steps, final_loss, checkpoint_path, trainable, memory, workers = (
-            fitted.steps, fitted.loss, fitted.checkpoint, fitted.trainable_parameters, fitted.memory, fitted.workers)
-        _copy_export(checkpoint_path, output_dir)
-        block = training_config_block(config, trainable, plan)
+        _copy_export(fitted.checkpoint, output_dir)
+        block = training_config_block(config, fitted.trainable_parameters, plan)
         storage.write_text(storage.join(output_dir, TRAINING_CONFIG), json.dumps(block, indent=4))
-        registered = _finish_tracking(config, tracker, output_dir, cache, memory, workers) if tracker else None
+        registered = _finish_tracking(config, tracker, output_dir, cache, fitted.memory, fitted.workers) if tracker else None
     except (_Stopped, KeyboardInterrupt) as error:
         if tracker:
             _end_run_quietly(tracker, "KILLED", f"stopped: {error or 'interrupted'}")
@@ -296,10 +294,10 @@ def _train(config: Config, *, callbacks: list | None, parent_run_id: str | None,
         if _in_main_thread():
             signal.signal(signal.SIGTERM, previous_handler)
 
-    outcome = TrainResult(output_dir, steps, final_loss, checkpoint_path, tracker.run_id if tracker else None,
-                          config.tracking_uri if tracker and tracker.backend == "mlflow" else None, block, memory,
-                          round(time.monotonic() - started, 1), tracker.describe() if tracker else None, registered,
-                          workers)
+    outcome = TrainResult(output_dir, fitted.steps, fitted.loss, fitted.checkpoint, tracker.run_id if tracker else None,
+                          config.tracking_uri if tracker and tracker.backend == "mlflow" else None, block,
+                          fitted.memory, round(time.monotonic() - started, 1), tracker.describe() if tracker else None,
+                          registered, fitted.workers)
     if not quiet:
         print(format_summary(config, outcome))
     return outcome
