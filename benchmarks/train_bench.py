@@ -167,9 +167,10 @@ def baseline_one(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_baseline(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run one baseline config in a fresh process (so its peak memory is its own)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_baseline", json.dumps(spec)]
+def run_baseline(spec: dict[str, Any], timeout: float, command: list[str] | None = None) -> dict[str, Any]:
+    """Run one baseline config in a fresh process (so its peak memory is its own); ``command`` runs another
+    script's baseline, which prints its figures the same way."""
+    cmd = command or [sys.executable, str(Path(__file__).resolve()), "--_baseline", json.dumps(spec)]
     started = time.monotonic()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
@@ -209,8 +210,12 @@ def base_overrides(model_dir: Path, cache_dir: Path, size: str) -> dict[str, Any
             "video_resolution_buckets": SHAPES[size]["bucket"]}
 
 
-def write_synthetic_cache(model_dir: Path, cache_dir: Path, size: str, samples: int) -> dict[str, Any]:
-    """A complete latent cache of random latents/embeddings that ``ensure_cache`` accepts as is."""
+def write_synthetic_cache(model_dir: Path, cache_dir: Path, size: str, samples: int,
+                          shape: dict[str, Any] | None = None, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A complete latent cache of random latents/embeddings that ``ensure_cache`` accepts as is.
+
+    ``shape`` and ``spec`` (latents, text and bucket; the VAE's LatentSpec) default to LTX-Video's at ``size``.
+    """
     import numpy as np
     import torch
 
@@ -218,12 +223,13 @@ def write_synthetic_cache(model_dir: Path, cache_dir: Path, size: str, samples: 
     from ray_ltx.data import cache as cache_lib
     from ray_ltx.model.family import family_for
 
-    config = load_config(None, {**base_overrides(model_dir, cache_dir, size), "output_dir": str(cache_dir.parent)})
+    shape = shape or SHAPES[size]
+    overrides = {**base_overrides(model_dir, cache_dir, size), "video_resolution_buckets": shape["bucket"]}
+    config = load_config(None, {**overrides, "output_dir": str(cache_dir.parent)})
     config = config.resolved()
     fp = cache_lib.fingerprint(config, family_for(config))
     digest = cache_lib.fingerprint_digest(fp)
-    spec = latent_spec(size)
-    shape = SHAPES[size]
+    spec = spec or latent_spec(size)
     bucket = shape["bucket"]
     tokens, _ = shape["text"]
     gen = torch.Generator().manual_seed(1234)
