@@ -177,7 +177,10 @@ def _restore(engine, spec: WorkerSpec, config: Config, world: int) -> ckpt.Train
     """
     from ray_ltx.errors import CheckpointError
 
-    candidates = list(ckpt.complete_checkpoints(spec.storage_dir))
+    # Newest first, and lazily: only the newest complete checkpoint is verified (each verification lists and reads
+    # files, slow on object storage with many checkpoints kept); older ones only when the newest does not load.
+    scan = ckpt.complete_checkpoints(spec.storage_dir)
+    candidates = [found] if (found := next(scan, None)) else []
     if spec.resume_path:
         candidates.append((spec.resume_path, ckpt.verify(spec.resume_path)))
     candidates.sort(key=lambda item: item[1].step, reverse=True)
@@ -196,7 +199,7 @@ def _restore(engine, spec: WorkerSpec, config: Config, world: int) -> ckpt.Train
     except Exception as error:  # noqa: BLE001 - a damaged file: mark it so the next resume takes the one before
         reason = f"{type(error).__name__}: {error}"
         ckpt.mark_damaged(path, reason)
-        previous = next((p for p, s in candidates[1:]), None)
+        previous = next((p for p, _ in [*candidates[1:], *scan] if p != path), None)
         raise CheckpointError(
             f"{path} did not load ({reason}); it is now marked damaged. Rerun with --resume_from_checkpoint latest to "
             f"continue from the checkpoint before it ({previous or 'none: the run starts over'})") from None
