@@ -196,6 +196,26 @@ def test_wandb_tracker_records_the_run_offline(tmp_path: Path, clip: Path, wandb
     assert summary["run_status"] == "RUNNING" and "error" not in summary
 
 
+def test_wandb_rank_0_on_another_node_writes_offline_records_where_it_says(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """The handle carries the driver's folder; on a node without it, rank 0 makes it and names the node."""
+    import socket
+
+    from ray_ltx.tracking.wandb_tracker import WandbTracker
+
+    folder = tmp_path / "driver-only" / "out"  # the driver's output_dir, absent on this "node"
+    handle = {"backend": "wandb", "run_id": "abc123", "system_metrics": False,
+              "settings": {"project": "p", "dir": str(folder), "mode": "offline", "name": None, "group": None,
+                           "job_type": "train"}}
+    with caplog.at_level("WARNING", logger="ray_ltx.tracking.wandb_tracker"):
+        tracker = WandbTracker.attach(handle)
+    assert folder.is_dir() and tracker.settings["dir"] == str(folder)
+    assert socket.gethostname() in caplog.text and "wandb sync" in caplog.text
+    caplog.clear()
+    WandbTracker.attach(handle)  # the folder exists now (a shared one, or the driver's node): nothing to say
+    assert not caplog.text
+
+
 # -- training runs (slow) ---------------------------------------------------------------------------
 
 

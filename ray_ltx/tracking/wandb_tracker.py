@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,18 @@ class WandbTracker(Tracker):
 
     @classmethod
     def attach(cls, handle: dict[str, Any]) -> WandbTracker:
-        return cls(handle["settings"], handle["run_id"], system_metrics=handle["system_metrics"])
+        """The run in a worker. Its folder is the driver's path: on another node it is made there (W&B would fall
+        back to a temporary folder), and offline records written there are announced with the node's name, since
+        ``wandb sync`` has to run on that node."""
+        settings = dict(handle["settings"])
+        folder = settings.get("dir")
+        if folder and not Path(folder).is_dir():
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            if settings.get("mode") == "offline":
+                log.warning("W&B offline records of run %s are written on node %s under %s/wandb: run `wandb sync` "
+                            "there (or set WANDB_DIR to a folder every node shares)", handle["run_id"],
+                            socket.gethostname(), folder)
+        return cls(settings, handle["run_id"], system_metrics=handle["system_metrics"])
 
     def handle(self) -> dict[str, Any]:
         return {"backend": self.backend, "run_id": self.run_id, "settings": self.settings,
