@@ -66,6 +66,9 @@ GOALS = {
     "lora_best_batch_samples_per_s": 18.0,
     "full_b1_s_per_step": 0.15,
 }
+#: Goals of the sharded-speed issue on one H200: full finetune at its best batch; FSDP against the unsharded
+#: path at the same batch and checkpointing (b1, checkpointing, compiled), measured in the same call.
+GOALS_SHARDED = {"full_best_batch_samples_per_s": 8.0, "fsdp_over_unsharded_throughput": 0.8}
 #: Goals of the model-family issue on the 13B shape (one H200).
 GOALS_13B = {
     "lora_best_batch_samples_per_s": 3.1,
@@ -398,6 +401,7 @@ def main() -> int:
     parser.add_argument("--parts", default="baseline,ray_ltx", help="comma-separated, run in this order: baseline, ray_ltx")
     parser.add_argument("--only", default="", help="comma-separated config names to run (default: all)")
     parser.add_argument("--big_batch", type=int, default=8, help="the large LoRA batch")
+    parser.add_argument("--full_batch", type=int, default=4, help="the large full-finetune batch")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per config (default by size)")
     parser.add_argument("--budget_s", type=float, default=560, help="stop starting configs after this")
     parser.add_argument("--version", default="0.9.0", choices=["0.9.0", "0.9.7-13b"],
@@ -447,6 +451,11 @@ def main() -> int:
         {"name": "ray_ltx_full_b1_compile", "training_type": "full-finetune", "batch": 1,
          "gradient_checkpointing": False, "compile": not tiny, "optimizer": "adamw" if tiny else "adamw_fused",
          "steps": 6 if tiny else 60, "warmup": 2 if tiny else 10, "baseline": "baseline_full_b1"},
+        # ... and at a larger batch: the best-batch full-finetune throughput of the sharded-speed issue
+        {"name": f"ray_ltx_full_b{args.full_batch}_compile", "training_type": "full-finetune",
+         "batch": args.full_batch, "gradient_checkpointing": False, "compile": not tiny,
+         "optimizer": "adamw" if tiny else "adamw_fused", "steps": 6 if tiny else 40, "warmup": 2 if tiny else 8,
+         "baseline": "baseline_full_b1"},
     ]
     if args.version == "0.9.7-13b":
         baselines = [b for b in baselines if b["mode"] == "lora"]
@@ -477,7 +486,7 @@ def main() -> int:
         "environment": environment(),
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "version": args.version,
-        "goals": GOALS_13B if args.version == "0.9.7-13b" else GOALS,
+        "goals": GOALS_13B if args.version == "0.9.7-13b" else {**GOALS, **GOALS_SHARDED},
         "baseline": dict(previous.get("baseline", {})),
         "ray_ltx": dict(previous.get("ray_ltx", {})),
     }
@@ -570,7 +579,16 @@ def goals_met(report: dict[str, Any], big: int) -> dict[str, Any]:
             return {"value": None, "goal": limit, "met": None}
         return {"value": value, "goal": limit, "met": value <= limit if below else value >= limit}
 
+    best_full = max((r for name, r in runs.items() if name.startswith("ray_ltx_full_")),
+                    key=lambda r: r.get("samples_per_s") or 0, default={})
+    fsdp, unsharded = runs.get("ray_ltx_full_b1_ckpt_compile_fsdp", {}), runs.get("ray_ltx_full_b1_ckpt_compile", {})
+    fsdp_ratio = (round(unsharded["s_per_step_median"] / fsdp["s_per_step_median"], 3)
+                  if fsdp.get("s_per_step_median") and unsharded.get("s_per_step_median") else None)
     return {
+        "full_best_batch_samples_per_s": check(best_full.get("samples_per_s"),
+                                               GOALS_SHARDED["full_best_batch_samples_per_s"], below=False),
+        "fsdp_over_unsharded_throughput": check(fsdp_ratio, GOALS_SHARDED["fsdp_over_unsharded_throughput"],
+                                                below=False),
         "lora_b1_s_per_step": check(b1.get("s_per_step_median"), GOALS["lora_b1_s_per_step"]),
         "lora_b1_max_reserved_gib": check(b1.get("max_memory_reserved_gib"), GOALS["lora_b1_max_reserved_gib"]),
         "lora_best_batch_samples_per_s": check(bb.get("samples_per_s"), GOALS["lora_best_batch_samples_per_s"],
