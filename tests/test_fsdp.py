@@ -165,3 +165,76 @@ def test_fsdp_full_finetune_trains_like_ddp_and_loads_with_from_pretrained(tiny_
     _assert_same_weights(weights["fsdp"], weights["ddp"])
     base = LTXVideoTransformer3DModel.from_pretrained(tiny_model, subfolder="transformer").state_dict()
     assert not torch.allclose(weights["fsdp"]["proj_in.weight"], base["proj_in.weight"])  # the root unit trained too
+
+
+@pytest.fixture(scope="module")
+def one_process_group():
+    """A one-process gloo group in this process: the FSDP engine at world size 1, without Ray."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def _train_alone(backend: str, gradient_checkpointing: bool, steps: int = 3):
+    """A tiny full finetune on one worker, stepped as the loop steps it; returns the engine."""
+    from ray_ltx.model.family import Batch, LatentSpec
+    from ray_ltx.model.flow import flow_matching_loss
+    from ray_ltx.model.ltx_video import LTXVideoFamily
+    from ray_ltx.model.tiny import build_transformer
+    from ray_ltx.train.engine import build_engine
+    from ray_ltx.train.loop import prepare_transformer
+
+    config = build_config({"pretrained_model_name_or_path": "built-in-the-test", "training_type": "full-finetune",
+                           "backend": backend, "transformer_dtype": "fp32", "gradient_checkpointing": gradient_checkpointing,
+                           "lr": 1e-3, "max_grad_norm": 1e-2, "optimizer": "adamw_fused", "train_steps": 10})
+    family = LTXVideoFamily(config)
+    family.load_transformer = lambda dtype, device="cpu": build_transformer("tiny", dtype, device, seed=0)
+    device = torch.device("cpu")
+    model, _ = prepare_transformer(config, family, device)
+    engine = build_engine(model, config, device, 1)
+    spec = LatentSpec(latent_channels=8, spatial_compression=32, temporal_compression=8, scaling_factor=1.0,
+                      latents_mean=(0.0,) * 8, latents_std=(1.0,) * 8)
+    data = torch.Generator().manual_seed(0)
+    mask = torch.zeros((1, 16), dtype=torch.bool)
+    mask[:, :5] = True
+    batch = Batch(torch.randn((1, 8, 2, 2, 3), generator=data), torch.randn((1, 16, 32), generator=data), mask)
+    for step in range(steps):
+        with engine.accumulating(True):
+            loss = flow_matching_loss(family, engine.module, batch, spec, config.diffusion,
+                                      torch.Generator().manual_seed(step), torch.float32)
+            engine.backward(loss)
+        engine.step()
+    return engine
+
+
+@pytest.mark.parametrize("gradient_checkpointing", [False, True])
+def test_one_worker_fsdp_steps_like_the_unsharded_path(one_process_group, gradient_checkpointing: bool) -> None:
+    # One worker: no resharding after the forward, no fp32 round trip of gradients, the optimizer stepping the
+    # local shards (from the second step on) -- the same updates as the unsharded path, clipping included.
+    fsdp = _train_alone("fsdp", gradient_checkpointing)
+    assert not fsdp.options.reshard_after_forward and fsdp.options.reduce_dtype is None
+    _assert_same_weights(fsdp.full_state_dict(), _train_alone("ddp", gradient_checkpointing).full_state_dict())
+
+
+def test_fsdp_options_keep_what_sharding_needs() -> None:
+    from ray_ltx.train.fsdp import FSDPOptions
+
+    alone = FSDPOptions.for_run(build_config({"backend": "fsdp"}), 1)
+    assert not alone.reshard_after_forward and alone.reduce_dtype is None
+    # Gradients summed over micro-batches or workers are summed in fp32; more workers reshard to save memory.
+    accumulating = FSDPOptions.for_run(build_config({"backend": "fsdp", "gradient_accumulation_steps": 2}), 1)
+    assert accumulating.reduce_dtype == torch.float32
+    shrunk = FSDPOptions.for_run(build_config({"backend": "fsdp", "num_workers": "1:2"}), 1)
+    assert shrunk.reduce_dtype == torch.float32
+    two = FSDPOptions.for_run(build_config({"backend": "fsdp", "num_workers": 2}), 2)
+    assert two.reshard_after_forward and two.reduce_dtype == torch.float32
+    # Offloaded to the CPU, a gathered block on the GPU is what the offload exists to avoid keeping.
+    offloaded = FSDPOptions.for_run(build_config({"backend": "fsdp", "offload_params": True}), 1)
+    assert offloaded.reshard_after_forward

@@ -11,6 +11,10 @@ The order of preparation matters:
 2. ``torch.compile`` of each (wrapped) block, when asked;
 3. ``fully_shard`` on each block, then on the root.
 
+What sharding costs where it buys nothing is left out (:class:`FSDPOptions`): on one worker without
+offload a block is not freed after its forward only to be copied back for its backward, gradients
+with nothing to sum are not summed in fp32, and the optimizer steps the local shards as plain tensors.
+
 Checkpoints go through ``torch.distributed.checkpoint`` (DCP): each rank writes its own shards, and
 loading re-shards, so a checkpoint written by N workers resumes on M.
 """
@@ -21,6 +25,8 @@ import contextlib
 import io
 import math
 import pickle
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +46,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 
 from ray_ltx.config import Config
 from ray_ltx.errors import CheckpointError
@@ -51,13 +58,46 @@ SHARDS_DIR = "fsdp"  # inside a checkpoint: DCP's .metadata and one __<rank>_0.d
 SCHEDULER_FILE = "scheduler.pt"
 
 
+@dataclass(frozen=True)
+class FSDPOptions:
+    """How the transformer is sharded and stepped. :meth:`for_run` is what ray-ltx trains with; other values exist
+    for ``benchmarks/fsdp_probe.py`` to time against it."""
+
+    reshard_after_forward: bool
+    """Free each block's gathered parameters after its forward and gather them again for its backward: the memory
+    that sharding saves. The last block never is (its backward follows right after the forward ends)."""
+    reduce_dtype: torch.dtype | None
+    """The dtype gradients are summed in (None: their own)."""
+    cast_block_inputs: bool = False
+    """Cast each block's floating inputs to the compute dtype (FSDP's default). Off, the blocks get what the root
+    hands them, as on the unsharded path: they run under autocast, and the rotary embedding stays fp32."""
+    compile_inside_checkpoint: bool = False
+    """With checkpointing: compile the bare block and wrap the compiled block (checkpoint and FSDP hooks outside
+    the compiled code, as on the unsharded path) instead of compiling the checkpoint-wrapped block."""
+    local_optimizer_step: bool = True
+    """Step the optimizer on each shard's local tensors (see :func:`_step_local_shards`)."""
+
+    @classmethod
+    def for_run(cls, config: Config, world_size: int) -> FSDPOptions:
+        # One worker holding its whole model on the GPU: the "shard" is the parameter itself, so freeing the
+        # gathered copy after the forward saves nothing that the backward would not copy back at once.
+        alone = world_size == 1 and not config.distributed.offload_params
+        # fp32 keeps a sum of bf16 gradients exact: over workers, or over a worker's micro-batches (FSDP then
+        # accumulates in the reduce dtype). One pass on one worker sums nothing; the round trip is only copying.
+        passes = -(-config.training.gradient_accumulation_steps * config.distributed.max_workers // world_size)
+        sums = world_size > 1 or passes > 1
+        return cls(reshard_after_forward=not alone, reduce_dtype=torch.float32 if sums else None)
+
+
 class FSDPEngine(Engine):
     """FSDP2 over all workers; LoRA (frozen and trainable parameters in one unit) or full finetune."""
 
-    def __init__(self, model: nn.Module, config: Config, device: torch.device, world_size: int):
+    def __init__(self, model: nn.Module, config: Config, device: torch.device, world_size: int,
+                 options: FSDPOptions | None = None):
+        self.options = options or FSDPOptions.for_run(config, world_size)
         # Names before any wrapping (the checkpoint wrapper adds a prefix that DCP's state dicts strip again).
         self.names = [name for name, _ in trainable_parameters(model)]
-        self.model = self.module = shard_transformer(model, config, device, world_size)
+        self.model = self.module = shard_transformer(model, config, device, world_size, self.options)
         self.device = device
         self.rank = dist.get_rank()
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -85,7 +125,10 @@ class FSDPEngine(Engine):
         if not math.isfinite(norm):  # an inf/nan gradient would turn every weight into nan: no update
             self.skip()
             return norm
-        self.optimizer.step()
+        if self.options.local_optimizer_step:
+            _step_local_shards(self.optimizer)
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
@@ -94,6 +137,7 @@ class FSDPEngine(Engine):
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 
+    @torch.no_grad()  # DTensor.to_local outside autograd is an attribute read, not an autograd function per gradient
     def _clip_grad_norm(self) -> float:
         """The global gradient norm over all shards, gradients scaled down to ``max_grad_norm``.
 
@@ -110,8 +154,7 @@ class FSDPEngine(Engine):
         norm = squares.sqrt()
         if grads and self.max_grad_norm > 0:
             scale = (self.max_grad_norm / (norm + 1e-6)).clamp(max=1.0).to(grads[0].device)
-            for grad in grads:
-                grad.mul_(scale)
+            torch._foreach_mul_(grads, scale)
         return float(norm)
 
     def zero_grad(self) -> None:
@@ -157,29 +200,76 @@ class FSDPEngine(Engine):
         return {name: state[name] for name in self.names}
 
 
-def shard_transformer(model: nn.Module, config: Config, device: torch.device, world_size: int) -> nn.Module:
+def shard_transformer(model: nn.Module, config: Config, device: torch.device, world_size: int,
+                      options: FSDPOptions | None = None) -> nn.Module:
     """Checkpoint-wrap, compile and ``fully_shard`` each transformer block, then shard the root (in place)."""
     training = config.training
+    options = options or FSDPOptions.for_run(config, world_size)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     mesh = init_device_mesh(device.type, (world_size,))
     compute = torch_dtype(config.model.transformer_dtype)
     # Blocks compute in the configured dtype (LoRA's fp32 weights are cast for the forward, as autocast
-    # would); gradients are reduced in fp32 so that averaging over workers loses nothing.
-    mixed = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
+    # would); gradients are summed in the options' reduce dtype (fp32 wherever anything is summed).
+    root_policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=options.reduce_dtype)
+    block_policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=options.reduce_dtype,
+                                        cast_forward_inputs=options.cast_block_inputs)
     # CPU offload keeps parameters, gradients and the optimizer step on the CPU (FSDP2 offloads all three).
     offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if config.distributed.offload_params else OffloadPolicy()
     mode = None if training.compile_mode == "default" else training.compile_mode
     blocks = model.transformer_blocks
     for index, block in enumerate(blocks):
-        if training.gradient_checkpointing:
-            block = checkpoint_wrapper(block)
-            blocks[index] = block
-        if training.compile:
+        if training.compile and (options.compile_inside_checkpoint or not training.gradient_checkpointing):
             block.compile(mode=mode)
-        fully_shard(block, mesh=mesh, mp_policy=mixed, offload_policy=offload)
-    fully_shard(model, mesh=mesh, mp_policy=mixed, offload_policy=offload)
+        if training.gradient_checkpointing:
+            block = blocks[index] = checkpoint_wrapper(block)
+            if training.compile and not options.compile_inside_checkpoint:
+                block.compile(mode=mode)
+        last = index == len(blocks) - 1
+        fully_shard(block, mesh=mesh, mp_policy=block_policy, offload_policy=offload,
+                    reshard_after_forward=options.reshard_after_forward and not last)
+    fully_shard(model, mesh=mesh, mp_policy=root_policy, offload_policy=offload)
     return model
+
+
+@torch.no_grad()
+def _step_local_shards(optimizer: torch.optim.Optimizer) -> None:
+    """``optimizer.step()`` on the plain local tensors of the sharded parameters, gradients and optimizer state.
+
+    A fused or foreach step over DTensors goes through DTensor's dispatch for every tensor of every list: tens of
+    milliseconds of host time per step for the ~700 parameters of the 2B transformer, while the GPU waits (the
+    step follows the gradient norm's host sync; pytorch/pytorch#134191). Sharding is elementwise for Adam, so the
+    same step on the local shards is the same update. The optimizer keeps its DTensor state (what DCP saves and
+    re-shards); the local tensors alias it, so the update lands there. A parameter without state yet (the first
+    step) goes through the optimizer's own step, which creates it.
+    """
+    state = optimizer.state
+    if any(p.grad is not None and not state.get(p) for group in optimizer.param_groups for p in group["params"]):
+        optimizer.step()
+        return
+    params = [group["params"] for group in optimizer.param_groups]
+    local_state: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
+    stepped = []
+    try:
+        for group in optimizer.param_groups:
+            shards = []
+            for param in group["params"]:
+                shard = param.to_local()
+                if param.grad is not None:
+                    shard.grad = param.grad.to_local()
+                    stepped.append(shard)
+                local_state[shard] = {key: value.to_local() if isinstance(value, DTensor) else value
+                                      for key, value in state[param].items()}
+                shards.append(shard)
+            group["params"] = shards
+        optimizer.state = local_state
+        optimizer.step()
+    finally:
+        optimizer.state = state
+        for group, group_params in zip(optimizer.param_groups, params, strict=True):
+            group["params"] = group_params
+        for shard in stepped:
+            shard.grad = None
 
 
 class _MetadataReader(FileSystemReader):
