@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,29 @@ def test_every_skip_reason_is_recorded_with_the_file(tiny_model: Path, tmp_path:
     assert "empty_caption" in {s["reason"] for s in manifest.skipped}
     summary = capsys.readouterr().out
     assert "skipped:" in summary and "v/short.mp4" in summary and "too_short" in summary
+
+
+def test_every_column_of_the_stream_stays_plain_arrow(tiny_model: Path, tmp_path: Path) -> None:
+    """One row per batch, so the empty prompt and a skipped clip each travel alone: their empty shapes once made
+    Ray Data pickle the column (its workers' lines land in the dataset's log file)."""
+    import time
+
+    from ray.data._internal.logging import get_log_directory
+
+    root = tmp_path / "data"
+    root.mkdir()
+    clip(root / "good.mp4", 12)
+    clip(root / "short.mp4", 5)
+    (root / "prompts.txt").write_text("a good clip\na short clip\n")
+    (root / "videos.txt").write_text("good.mp4\nshort.mp4\n")
+    started = time.time()
+    manifest = preprocess(base_config(tiny_model, root, tmp_path / "out", encode_batch_size=1))
+    assert manifest.num_samples == 1 and [s["reason"] for s in manifest.skipped] == ["too_short"]
+    logs = [p for p in Path(get_log_directory()).glob("ray-data-dataset_*.log") if p.stat().st_mtime >= started - 1]
+    lines = [line for p in logs for line in p.read_text().splitlines()]
+    assert any("Execution plan" in line for line in lines)  # the run's own log was read
+    fallbacks = [line for line in lines if re.search(r"pickl|into pyarrow array|ArrowConversionError|Pandas block", line)]
+    assert not fallbacks, fallbacks[:5]
 
 
 def test_nothing_surviving_is_an_error_that_says_why(tiny_model: Path, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from ray_ltx.config import Config
@@ -23,6 +24,21 @@ from ray_ltx.model.family import family_for
 #: Row statuses flowing through the pipeline.
 OK = "ok"
 PROMPT_ONLY = "prompt_only"  # the empty prompt, encoded once for caption dropout
+
+#: Stream columns holding a tensor's shape ([] for a row without that tensor). Their Arrow type is set rather than
+#: inferred: inferred, a batch whose shapes are all empty (the empty prompt alone, only skipped clips) is list<null>,
+#: the next stage sees it as a ragged numpy object array, and Ray Data falls back to pickling the column.
+SHAPE_COLUMNS = frozenset({"frames_shape", "audio_shape", "latents_shape", "prompt_embeds_shape"})
+
+
+def stream_table(columns: dict[str, Any]) -> pa.Table:
+    """A stage's output as an Arrow table of plain types, the same whatever the batch holds: shapes as
+    list<int64>, the rest (strings, bytes, bools, ints) as Arrow infers them."""
+    return pa.table({
+        name: pa.array([[int(x) for x in shape] for shape in values], pa.list_(pa.int64()))
+        if name in SHAPE_COLUMNS else pa.array(values)
+        for name, values in columns.items()
+    })
 
 
 def _device() -> torch.device:
@@ -52,7 +68,7 @@ class VaeEncoder:
         waveform = torch.from_numpy(np.frombuffer(audio, np.float32).reshape(shape).copy()) if audio else None
         return self.audio.encode(waveform, num_frames, self.config.diffusion.frame_rate)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, batch: dict[str, Any]) -> pa.Table:
         n = len(batch["sample_id"])
         latents: list[bytes] = [b""] * n
         shapes: list[list[int]] = [[] for _ in range(n)]
@@ -77,7 +93,7 @@ class VaeEncoder:
         out = {key: value for key, value in batch.items() if key not in ("frames", "frames_shape", "audio", "audio_shape")}
         out.update(latents=latents, latents_shape=shapes, latents_dtype=dtypes, latent_spec=[self.spec] * n,
                    extras=extras)
-        return out
+        return stream_table(out)
 
 
 class PromptEncoder:
@@ -95,7 +111,7 @@ class PromptEncoder:
         encoded = self.encoder.encode(prompts, self.max_length)
         return encoded.embeds, encoded.mask, encoded.truncated
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, batch: dict[str, Any]) -> pa.Table:
         n = len(batch["sample_id"])
         embeds: list[bytes] = [b""] * n
         shapes: list[list[int]] = [[] for _ in range(n)]
@@ -113,4 +129,4 @@ class PromptEncoder:
         out = dict(batch)
         out.update(prompt_embeds=embeds, prompt_embeds_shape=shapes, prompt_embeds_dtype=dtypes,
                    prompt_attention_mask=masks, caption_truncated=truncated)
-        return out
+        return stream_table(out)

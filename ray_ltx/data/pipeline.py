@@ -20,12 +20,13 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from ray_ltx import faults, locks, storage
 from ray_ltx.buckets import Bucket, assign_bucket
 from ray_ltx.config import Config
 from ray_ltx.data import cache as cache_lib
-from ray_ltx.data.encode import OK, PROMPT_ONLY, PromptEncoder, VaeEncoder
+from ray_ltx.data.encode import OK, PROMPT_ONLY, PromptEncoder, VaeEncoder, stream_table
 from ray_ltx.data.sources import Record, Skip, dataset_given, dataset_name, read_records
 from ray_ltx.errors import CacheError, DatasetError, StorageFullError, is_disk_full
 from ray_ltx.redaction import redact
@@ -102,7 +103,7 @@ def decode_one(row: dict[str, Any], buckets: list[Bucket], data: dict[str, Any])
             source.close()
 
 
-def decode_clips(batch: dict[str, Any], buckets: list[str], data: dict[str, Any]) -> dict[str, Any]:
+def decode_clips(batch: dict[str, Any], buckets: list[str], data: dict[str, Any]) -> pa.Table:
     parsed = [Bucket.parse(b) for b in buckets]
     keys = list(batch)
     rows = []
@@ -110,7 +111,7 @@ def decode_clips(batch: dict[str, Any], buckets: list[str], data: dict[str, Any]
         row = {k: batch[k][i] for k in keys}
         own = [Bucket.parse(b) for b in row["buckets"].split()]  # a dataset config's dataset may bring its own
         rows.append(decode_one(row, own or parsed, data))
-    return {key: [row[key] for row in rows] for key in rows[0]}
+    return stream_table({key: [row[key] for row in rows] for key in rows[0]})
 
 
 # -- stage 4: write shards (tasks) ---------------------------------------------------------------
