@@ -5,6 +5,9 @@
 encodes a prompt (padding to ``max_sequence_length``, truncation counted). The models and how they
 are called come from the family (:mod:`ray_ltx.model.family`). Both run on a GPU when the actor was
 given one and on the CPU otherwise (that is what the tests run).
+
+Models load in the constructor: Ray Data creates a pool's actors as soon as the stream starts (not on the
+first batch), so they load while the first clips decode.
 """
 
 from __future__ import annotations
@@ -19,26 +22,8 @@ import torch
 
 from ray_ltx.config import Config
 from ray_ltx.data.cache import extras_to_bytes, tensor_to_bytes
+from ray_ltx.data.decode import OK, PROMPT_ONLY, stream_table
 from ray_ltx.model.family import family_for
-
-#: Row statuses flowing through the pipeline.
-OK = "ok"
-PROMPT_ONLY = "prompt_only"  # the empty prompt, encoded once for caption dropout
-
-#: Stream columns holding a tensor's shape ([] for a row without that tensor). Their Arrow type is set rather than
-#: inferred: inferred, a batch whose shapes are all empty (the empty prompt alone, only skipped clips) is list<null>,
-#: the next stage sees it as a ragged numpy object array, and Ray Data falls back to pickling the column.
-SHAPE_COLUMNS = frozenset({"frames_shape", "audio_shape", "latents_shape", "prompt_embeds_shape"})
-
-
-def stream_table(columns: dict[str, Any]) -> pa.Table:
-    """A stage's output as an Arrow table of plain types, the same whatever the batch holds: shapes as
-    list<int64>, the rest (strings, bytes, bools, ints) as Arrow infers them."""
-    return pa.table({
-        name: pa.array([[int(x) for x in shape] for shape in values], pa.list_(pa.int64()))
-        if name in SHAPE_COLUMNS else pa.array(values)
-        for name, values in columns.items()
-    })
 
 
 def _device() -> torch.device:

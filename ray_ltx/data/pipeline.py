@@ -2,7 +2,7 @@
 
 The stream, all of it lazy and bounded in memory::
 
-    records (driver) -> decode_clips (CPU tasks: probe, bucket, sample, resize+crop)
+    records (driver) -> decode_clips (CPU tasks, ray_ltx.data.decode: probe, bucket, sample, resize+crop)
                      -> VaeEncoder (actors, GPU when present) -> PromptEncoder (actors)
                      -> write_shards (tasks: parquet shards, atomic) -> small result rows (driver)
 
@@ -20,13 +20,11 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from ray_ltx import faults, locks, storage
-from ray_ltx.buckets import Bucket, assign_bucket
 from ray_ltx.config import Config
 from ray_ltx.data import cache as cache_lib
-from ray_ltx.data.encode import OK, PROMPT_ONLY, PromptEncoder, VaeEncoder, stream_table
+from ray_ltx.data.decode import OK, PROMPT_ONLY, decode_clips
 from ray_ltx.data.sources import Record, Skip, dataset_given, dataset_name, read_records
 from ray_ltx.errors import CacheError, DatasetError, StorageFullError, is_disk_full
 from ray_ltx.redaction import redact
@@ -35,83 +33,6 @@ log = logging.getLogger(__name__)
 
 EMPTY_PROMPT_ID = "__empty_prompt__"
 PROGRESS_SECONDS = 10.0
-
-
-# -- stage 1: decode (CPU tasks) -----------------------------------------------------------------
-
-
-def _open_media(path: str):
-    """A local path as is (PyAV reads it directly); a remote file as a seekable stream."""
-    if not storage.is_uri(path):
-        return path
-    fs, inner = storage.filesystem(path)
-    return fs.open_input_file(inner)
-
-
-def decode_one(row: dict[str, Any], buckets: list[Bucket], data: dict[str, Any]) -> dict[str, Any]:
-    """Probe, bucket, sample and decode one clip; a clip that cannot be used becomes a skip row."""
-    from ray_ltx.data.audio import AudioError, decode_audio
-    from ray_ltx.data.video import MediaError, decode_frames, probe, sample_frame_indices
-
-    # Frames and audio travel as raw bytes + shape: Arrow's ragged tensor columns do not survive every block merge.
-    out = {**row, "bucket": "", "status": OK, "detail": "", "frames": b"", "frames_shape": [0, 0, 0, 3], "audio": b"",
-           "audio_shape": [0, 0]}
-    if row["status"] == PROMPT_ONLY:
-        return {**out, "status": PROMPT_ONLY}
-    source = None
-    try:
-        if not storage.exists(row["path"]):
-            raise MediaError("missing_file", row["rel_path"], f"no such file ({row['where']})")
-        source = _open_media(row["path"])
-        info = probe(source)
-        bucket = assign_bucket(info.num_frames, info.height, info.width, buckets)
-        if bucket is None:
-            smallest = min(b.frames for b in buckets)
-            if info.is_image:
-                reason, detail = "image_without_image_bucket", (
-                    f"{row['rel_path']}: an image, but no bucket has 1 frame; add e.g. 1x512x768 to "
-                    "--video_resolution_buckets")
-            else:
-                reason, detail = "too_short", (
-                    f"{row['rel_path']}: {info.num_frames} frames, the smallest bucket needs {smallest}")
-            return {**out, "status": reason, "detail": detail}
-        indices = sample_frame_indices(info.num_frames, bucket.frames, info.fps, mode=data["frame_sampling"],
-                                       sample_fps=data["sample_fps"], stride=data["frame_stride"])
-        if data["audio"] != "off":  # the audio of the sampled frames' span, before the costlier video decode
-            if hasattr(source, "seek"):
-                source.seek(0)
-            waveform = None if info.is_image else decode_audio(
-                source, indices[0] / info.fps, bucket.frames / data["sample_fps"], data["audio_sample_rate"],
-                row["rel_path"])
-            if waveform is None and data["audio"] == "required":
-                return {**out, "status": "no_audio", "detail": f"{row['rel_path']}: no audio track (--audio required "
-                        "skips it; --audio on trains it video-only)"}
-            if waveform is not None:
-                out.update(audio=waveform.tobytes(), audio_shape=list(waveform.shape))
-        if hasattr(source, "seek"):
-            source.seek(0)
-        frames = decode_frames(source, indices, bucket.height, bucket.width)
-        return {**out, "bucket": str(bucket), "frames": frames.tobytes(), "frames_shape": list(frames.shape)}
-    except (MediaError, AudioError) as error:
-        return {**out, "status": error.reason, "detail": str(error)}
-    except ValueError as error:  # sampling: e.g. too short at the requested fps/stride
-        return {**out, "status": "too_short", "detail": f"{row['rel_path']}: {error}"}
-    except Exception as error:  # a decoder failure nobody foresaw skips this clip, never the whole job
-        return {**out, "status": "unreadable", "detail": f"{row['rel_path']}: {type(error).__name__}: {error}"}
-    finally:
-        if source is not None and hasattr(source, "close"):
-            source.close()
-
-
-def decode_clips(batch: dict[str, Any], buckets: list[str], data: dict[str, Any]) -> pa.Table:
-    parsed = [Bucket.parse(b) for b in buckets]
-    keys = list(batch)
-    rows = []
-    for i in range(len(batch["sample_id"])):
-        row = {k: batch[k][i] for k in keys}
-        own = [Bucket.parse(b) for b in row["buckets"].split()]  # a dataset config's dataset may bring its own
-        rows.append(decode_one(row, own or parsed, data))
-    return stream_table({key: [row[key] for row in rows] for key in rows[0]})
 
 
 # -- stage 4: write shards (tasks) ---------------------------------------------------------------
@@ -250,14 +171,18 @@ def encoder_layout(actors: int | None, gpus_per_actor: float | None, cluster_gpu
     return gpus_per_actor, actors
 
 
-def _decoded(ds, config: Config, audio_sample_rate: int | None):
+def decode_settings(config: Config, audio_sample_rate: int | None) -> dict[str, Any]:
+    """What :func:`decode_one` needs of the config (a small dict, shipped with every decode task)."""
     data = config.data
+    return {"frame_sampling": data.frame_sampling, "sample_fps": data.sample_fps, "frame_stride": data.frame_stride,
+            "audio": data.audio, "audio_sample_rate": audio_sample_rate}
+
+
+def _decoded(ds, config: Config, audio_sample_rate: int | None):
     return ds.map_batches(
-        decode_clips, batch_size=1, num_cpus=data.decode_cpus,
-        fn_kwargs={"buckets": [str(b) for b in data.video_resolution_buckets],
-                   "data": {"frame_sampling": data.frame_sampling, "sample_fps": data.sample_fps,
-                            "frame_stride": data.frame_stride, "audio": data.audio,
-                            "audio_sample_rate": audio_sample_rate}},
+        decode_clips, batch_size=1, num_cpus=config.data.decode_cpus,
+        fn_kwargs={"buckets": [str(b) for b in config.data.video_resolution_buckets],
+                   "data": decode_settings(config, audio_sample_rate)},
     )
 
 
@@ -267,6 +192,7 @@ def _ray_data_stream(config: Config, rows: list[dict[str, Any]], cache_dir: str,
     import ray
 
     from ray_ltx.cluster import cluster_gpus
+    from ray_ltx.data.encode import PromptEncoder, VaeEncoder  # here: the shard writers import this module, no torch
 
     data = config.data
     clips = any(row["status"] == OK for row in rows)
