@@ -40,6 +40,15 @@ def test_sample_videos_decode_to_the_requested_size(sample_data: Path) -> None:
         assert frames.std() > 5  # a real picture, not a blank
 
 
+def test_decode_tasks_and_shard_writers_import_no_torch() -> None:
+    """Every CPU's first decode task imports its module while the encoders load: torch would take seconds of it."""
+    import subprocess
+    import sys
+
+    code = "import sys, ray_ltx.data.decode, ray_ltx.data.pipeline; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
 def test_bucket_takes_the_most_frames_then_the_closest_aspect() -> None:
     buckets = [Bucket.parse(b) for b in ("9x64x96", "17x64x96", "17x96x64", "49x64x96")]
     assert str(assign_bucket(20, 96, 128, buckets)) == "17x64x96"  # landscape, 17 frames fit, 49 do not
