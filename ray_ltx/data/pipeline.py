@@ -172,7 +172,7 @@ def encoder_layout(actors: int | None, gpus_per_actor: float | None, cluster_gpu
 
 
 def decode_settings(config: Config, audio_sample_rate: int | None) -> dict[str, Any]:
-    """What :func:`decode_one` needs of the config (a small dict, shipped with every decode task)."""
+    """What :func:`ray_ltx.data.decode.decode_one` needs of the config (shipped with every decode task)."""
     data = config.data
     return {"frame_sampling": data.frame_sampling, "sample_fps": data.sample_fps, "frame_stride": data.frame_stride,
             "audio": data.audio, "audio_sample_rate": audio_sample_rate}
