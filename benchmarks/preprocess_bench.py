@@ -8,12 +8,21 @@
 - Bare: the VAE (``vae.encode(video).latent_dist.mode()``, batches of ``encode_batch_size`` clips
   already decoded in memory, uint8 host -> GPU included) plus the T5 encoder (batches of
   4 x ``encode_batch_size`` prompts, tokenising included), latents and embeddings copied back to the host:
-  the GPU work preprocessing cannot avoid, run back to back in one process.
+  the GPU work preprocessing cannot avoid, run back to back in one process. Also recorded: each model's load
+  time in that process and its first (cold) call.
+- Decode: the pipeline's own decode function (``decode.decode_one``: probe, sample, decode, resize + crop,
+  bytes out) over the same clips in a pool of 1 and of all the host's processes (spawned, as fresh as Ray's
+  workers): clips/s per core, CPU seconds per clip, the first clip of a fresh process (imports included), and
+  the decode cores a GPU needs to keep up with its bare encode rate.
+- Start: Ray's start, then the default layout's VAE and T5 encoder actors created together (as the stream
+  creates them) and timed until each is ready (worker start, imports, model load on its GPU share).
 - ray-ltx: ``ray_ltx.data.pipeline.preprocess(config)`` end to end (Ray Data: decode tasks, VAE and T5
-  actors sharing the GPU, parquet shard writers). Reported: the rate over the whole call (Ray start and
-  model loads included) and the steady rate between the first and the last shard reaching the driver.
+  actors sharing the GPU, parquet shard writers) on the Ray started above. Reported: the rate over the whole
+  call and the steady rate between the first and the last shard reaching the driver; the time to the first
+  shard counts Ray's start (measured above) plus the call's time to its first shard, what ``ray-ltx
+  preprocess`` on a machine without Ray shows.
 
-Usage (GPU machine):  python benchmarks/preprocess_bench.py --out benchmarks/results/preprocess_h100.json
+Usage (GPU machine):  python benchmarks/preprocess_bench.py --out benchmarks/results/preprocess_h200.json
 CPU smoke test:       python benchmarks/preprocess_bench.py --tiny --out /tmp/preprocess_tiny.json
 """
 
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -39,7 +49,8 @@ SIZES = {
     "full": {"height": 512, "width": 768, "frames": 60, "bucket": "49x512x768"},
     "tiny": {"height": 64, "width": 96, "frames": 12, "bucket": "9x64x96"},
 }
-GOAL_RATIO = 0.8
+#: The goals of issue 21, for the default settings on one GPU.
+GOALS = {"steady_over_bare": 0.95, "end_to_end_over_bare": 0.85, "time_to_first_shard_s": 15.0}
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = ("right", "left", "down", "up", "diagonal")
 COLOURS = (("red", (220, 40, 40)), ("yellow", (230, 210, 40)), ("green", (40, 190, 60)), ("white", (240, 240, 240)))
@@ -137,9 +148,13 @@ def bare_rate(model_dir: Path, data_root: Path, size: str, clips: int, batch: in
     config, _ = make_config(model_dir, None, data_root.parent / "unused-cache", size, {})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     family = family_for(config)
+    started = time.perf_counter()
     vae = family.load_vae(device)
+    vae_load_s = time.perf_counter() - started
+    started = time.perf_counter()
     encoder = family.load_text_encoder(device)
     tokenizer = family.load_tokenizer()
+    t5_load_s = time.perf_counter() - started
     dtype = next(vae.parameters()).dtype
     bucket = config.data.video_resolution_buckets[0]
     names = (data_root / "videos.txt").read_text().split()
@@ -168,9 +183,14 @@ def bare_rate(model_dir: Path, data_root: Path, size: str, clips: int, batch: in
                         add_special_tokens=True, return_tensors="pt").input_ids
         encoder(ids.to(device))[0].cpu()
 
-    vae_batch(0)
-    t5_batch(prompts[: 4 * batch])  # warm-up (kernels, cuDNN plans)
+    started = time.perf_counter()
+    vae_batch(0)  # warm-up (kernels, cuDNN plans), timed: what a stream's first batch pays on top
     sync()
+    vae_first_s = time.perf_counter() - started
+    started = time.perf_counter()
+    t5_batch(prompts[: 4 * batch])
+    sync()
+    t5_first_s = time.perf_counter() - started
     started = time.perf_counter()
     for k in range(0, clips, batch):
         vae_batch(k)
@@ -185,9 +205,134 @@ def bare_rate(model_dir: Path, data_root: Path, size: str, clips: int, batch: in
     vae = encoder = None  # free the GPU for the pipeline's actors
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"clips": clips, "vae_batch": batch, "t5_batch": 4 * batch, "vae_s": round(vae_s, 3),
+    return {"clips": clips, "vae_batch": batch, "t5_batch": 4 * batch, "vae_load_s": round(vae_load_s, 2),
+            "t5_load_s": round(t5_load_s, 2), "vae_first_batch_s": round(vae_first_s, 3),
+            "t5_first_batch_s": round(t5_first_s, 3), "vae_s": round(vae_s, 3),
             "t5_s": round(t5_s, 3), "vae_s_per_clip": round(vae_s / clips, 4), "t5_s_per_prompt": round(t5_s / clips, 5),
             "clips_per_s": round(clips / (vae_s + t5_s), 3), "max_memory_reserved_gib": round(peak, 2) if peak else None}
+
+
+# -- decode rate -------------------------------------------------------------------------------------
+
+
+def _decode_jobs(model_dir: Path, data_root: Path, size: str, count: int) -> list[tuple[dict[str, Any], str, dict]]:
+    """``count`` rows as the pipeline hands them to its decode tasks, with the bucket and decode settings."""
+    from ray_ltx.data import decode, pipeline
+    from ray_ltx.data.sources import read_records
+
+    config, _ = make_config(model_dir, data_root, data_root.parent / "unused-cache", size, {})
+    config = config.resolved()
+    records, _, _ = read_records(config)
+    bucket = str(config.data.video_resolution_buckets[0])
+    settings = pipeline.decode_settings(config, None)
+    return [({**records[i % len(records)].to_row(), "status": decode.OK}, bucket, settings) for i in range(count)]
+
+
+def _decode_clip(job: tuple[dict[str, Any], str, dict]) -> tuple[float, float]:
+    """(wall s, CPU s of this process, all its threads) to decode one clip with the pipeline's decode function."""
+    from ray_ltx.buckets import Bucket
+    from ray_ltx.data import decode
+
+    row, bucket, settings = job
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = decode.decode_one(row, [Bucket.parse(bucket)], settings)
+    if out["status"] != decode.OK:
+        raise RuntimeError(f"{row['rel_path']}: {out['status']}: {out['detail']}")
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _first_decode(job: tuple[dict[str, Any], str, dict]) -> dict[str, float]:
+    """A fresh process's first clip: importing the decode module (what a decode task unpickles) and decoding."""
+    started = time.perf_counter()
+    import ray_ltx.data.decode  # noqa: F401
+
+    imported = time.perf_counter() - started
+    wall, _ = _decode_clip(job)
+    return {"import_s": round(imported, 3), "decode_s": round(wall, 3), "total_s": round(imported + wall, 3)}
+
+
+def _import_decode() -> None:
+    import ray_ltx.data.decode  # noqa: F401
+
+
+def decode_rate(model_dir: Path, data_root: Path, size: str, bare_clips_per_s: float) -> dict[str, Any]:
+    """The CPU decode rate: clips/s of pools of 1 and of all cores, each process spawned fresh and warmed up
+    (imports, one clip) before the timed clips."""
+    spawn = multiprocessing.get_context("spawn")
+    cores = os.cpu_count() or 1
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        first = pool.submit(_first_decode, _decode_jobs(model_dir, data_root, size, 1)[0]).result()
+    pools: dict[str, Any] = {}
+    for processes in sorted({1, cores}):
+        clips = max(8, 4 * processes)
+        jobs = _decode_jobs(model_dir, data_root, size, clips + processes)
+        with ProcessPoolExecutor(max_workers=processes, mp_context=spawn, initializer=_import_decode) as pool:
+            list(pool.map(_decode_clip, jobs[:processes]))
+            started = time.perf_counter()
+            times = list(pool.map(_decode_clip, jobs[processes:]))
+            wall = time.perf_counter() - started
+        rate = clips / wall
+        pools[str(processes)] = {
+            "processes": processes, "clips": clips, "wall_s": round(wall, 3), "clips_per_s": round(rate, 3),
+            "clips_per_s_per_process": round(rate / processes, 3),
+            "wall_s_per_clip_mean": round(statistics.fmean(w for w, _ in times), 4),
+            "cpu_s_per_clip_mean": round(statistics.fmean(c for _, c in times), 4)}
+    busy = pools[str(cores)]
+    per_core = busy["clips_per_s"] / cores
+    return {
+        "function": "ray_ltx.data.decode.decode_one (probe, sample, decode, resize + crop, bytes out)",
+        "host_cpus": cores, "first_clip_fresh_process": first, "pools": pools,
+        # Sizing: with every core decoding, what one core delivers, and the cores a GPU needs at its bare rate.
+        "clips_per_s_per_core": round(per_core, 3),
+        "cores_per_gpu_at_bare_rate": round(bare_clips_per_s / per_core, 2) if per_core else None,
+    }
+
+
+# -- the fixed start -----------------------------------------------------------------------------------
+
+
+def start_ray(config: Any) -> float:
+    """Seconds for ``init_ray`` to start a local Ray, as ``ray-ltx preprocess`` does on a machine without one."""
+    from ray_ltx.cluster import init_ray
+
+    started = time.monotonic()
+    init_ray(config)
+    return time.monotonic() - started
+
+
+def encoder_actors_ready(config: Any) -> dict[str, Any]:
+    """The default layout's VAE and T5 actors, created together as the stream creates them: seconds until each
+    is ready (worker start, imports, model load onto its GPU share). They are killed and their resources
+    awaited before anything else runs."""
+    import ray
+
+    from ray_ltx.cluster import cluster_gpus
+    from ray_ltx.data.encode import PromptEncoder, VaeEncoder
+    from ray_ltx.data.pipeline import encoder_layout
+
+    gpus, actors = encoder_layout(config.data.encode_actors, config.data.encode_gpus, cluster_gpus())
+    resources: dict[str, Any] = {"num_gpus": gpus} if gpus else {"num_cpus": 1}
+    idle = ray.available_resources()
+    started = time.monotonic()
+    kinds = {}
+    for kind, cls in (("vae", VaeEncoder), ("t5", PromptEncoder)):
+        for _ in range(actors):
+            actor = ray.remote(**resources)(cls).remote(config.to_dict())
+            kinds[actor.__ray_ready__.remote()] = (kind, actor)
+    ready: dict[str, list[float]] = {"vae": [], "t5": []}
+    pending = list(kinds)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        ray.get(done[0])  # a constructor that failed raises here
+        ready[kinds[done[0]][0]].append(round(time.monotonic() - started, 2))
+    for _, actor in kinds.values():
+        ray.kill(actor)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(ray.available_resources().get(k, 0) < v - 1e-6
+                                                for k, v in idle.items() if k in ("CPU", "GPU")):
+        time.sleep(0.2)
+    return {"actors_per_stage": actors, "gpus_per_actor": gpus, "vae_ready_s": sorted(ready["vae"]),
+            "t5_ready_s": sorted(ready["t5"]), "all_ready_s": max(ready["vae"] + ready["t5"])}
 
 
 # -- ray-ltx preprocess ------------------------------------------------------------------------------
@@ -234,7 +379,9 @@ class GpuSampler:
 
 
 def run_preprocess(model_dir: Path, data_root: Path, cache_dir: Path, size: str, extra: dict[str, Any],
-                   stats_path: Path | None) -> dict[str, Any]:
+                   stats_path: Path | None, ray_start_s: float) -> dict[str, Any]:
+    """One preprocess call on the running Ray; its wall time and time to the first shard count ``ray_start_s``
+    as well, as the call would have started Ray itself."""
     from ray_ltx.data import pipeline
 
     config, overrides = make_config(model_dir, data_root, cache_dir, size, extra)
@@ -285,9 +432,11 @@ def run_preprocess(model_dir: Path, data_root: Path, cache_dir: Path, size: str,
         "samples_in_cache": manifest.num_samples,
         "skipped": len(manifest.skipped),
         "encoded": encoded,
-        "wall_s": round(total, 2),
-        "time_to_first_shard_s": round(shards[0][0] - started, 2) if shards else None,
-        "end_to_end_clips_per_s": round(encoded / total, 3),
+        "call_s": round(total, 2),
+        "wall_s": round(ray_start_s + total, 2),
+        "first_shard_after_call_s": round(shards[0][0] - started, 2) if shards else None,
+        "time_to_first_shard_s": round(ray_start_s + shards[0][0] - started, 2) if shards else None,
+        "end_to_end_clips_per_s": round(encoded / (ray_start_s + total), 3),
         "steady_clips_per_s": round(steady, 3) if steady else None,
         "steady_window_s": round(shards[-1][0] - shards[0][0], 2) if len(shards) > 1 else None,
         "gpu_util_mean_pct_steady": util,
@@ -297,20 +446,21 @@ def run_preprocess(model_dir: Path, data_root: Path, cache_dir: Path, size: str,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny model, small clips, CPU: a smoke test")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "preprocess_h100.json"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "preprocess_h200.json"))
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--clips", type=int, default=None, help="clips to preprocess (default 256; tiny 8)")
+    parser.add_argument("--clips", type=int, default=None, help="clips to preprocess (default 512; tiny 8)")
     parser.add_argument("--unique", type=int, default=16, help="distinct encoded clips (the rest are hard links)")
     parser.add_argument("--bare_clips", type=int, default=64, help="clips timed in the bare encode")
     parser.add_argument("--variants", default="default",
                         help="comma-separated preprocess settings to run: default, bs8 (encode_batch_size 8), "
-                             "bs2 (encode_batch_size 2), actors2 (encode_actors 2, encode_gpus 0.25), actors2_bs8")
+                             "bs2 (encode_batch_size 2), actors2 (encode_actors 2, encode_gpus 0.25), actors2_bs8, "
+                             "pair_per_gpu (encode_gpus 0.5: one VAE and one T5 actor per GPU)")
     parser.add_argument("--budget_s", type=float, default=560)
     args = parser.parse_args()
 
     deadline = Deadline(args.budget_s)
     size = "tiny" if args.tiny else "full"
-    clips = args.clips or (8 if args.tiny else 256)
+    clips = args.clips or (8 if args.tiny else 512)
     unique = min(args.unique, clips)
     if args.tiny:
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -319,7 +469,7 @@ def main() -> int:
     previous = json.loads(out.read_text()) if out.exists() else {}
     report: dict[str, Any] = {"benchmark": "preprocess_bench", "size": size, "bucket": SIZES[size]["bucket"],
                               "environment": environment(), "command": " ".join(["python", *sys.argv]),
-                              "goal": {"ratio_min": GOAL_RATIO}}
+                              "goals": GOALS}
     print(json.dumps(report["environment"]), flush=True)
     model_dir, data_root = work / "model", work / "data"
     if not (model_dir / "text_encoder").exists():
@@ -330,13 +480,26 @@ def main() -> int:
     bare_clips = min(args.bare_clips, clips) if not args.tiny else min(8, clips)
     report["bare"] = bare_rate(model_dir, data_root, size, bare_clips, batch=4)
     print("bare:", json.dumps(report["bare"]), flush=True)
+    report["decode_rate"] = decode_rate(model_dir, data_root, size, report["bare"]["clips_per_s"])
+    print("decode:", json.dumps(report["decode_rate"]), flush=True)
+    write_json(out, report)
+
+    config, _ = make_config(model_dir, data_root, work / "unused-cache", size, {})
+    ray_start_s = start_ray(config)
+    actors = encoder_actors_ready(config)
+    report["start"] = {"ray_start_s": round(ray_start_s, 2), "encoder_actors": actors,
+                       "first_decode_fresh_process_s": report["decode_rate"]["first_clip_fresh_process"]["total_s"],
+                       "model_load_in_process_s": {"vae": report["bare"]["vae_load_s"],
+                                                   "t5": report["bare"]["t5_load_s"]}}
+    print("start:", json.dumps(report["start"]), flush=True)
     write_json(out, report)
 
     variants = {"default": {}, "bs8": {"encode_batch_size": 8}, "bs2": {"encode_batch_size": 2},
                 # two VAE and two T5 actors sharing the one GPU (a quarter each): one actor's CPU work
                 # (batch assembly, host->device copy, bytes out) overlaps the other's GPU work
                 "actors2": {"encode_actors": 2, "encode_gpus": 0.25},
-                "actors2_bs8": {"encode_actors": 2, "encode_gpus": 0.25, "encode_batch_size": 8}}
+                "actors2_bs8": {"encode_actors": 2, "encode_gpus": 0.25, "encode_batch_size": 8},
+                "pair_per_gpu": {"encode_gpus": 0.5}}
     # Entries of earlier calls stay (each carries its own bare rate and ratio); this call's replace them by name.
     report["ray_ltx"] = dict(previous.get("ray_ltx", {}))
     if previous.get("bare"):
@@ -349,7 +512,7 @@ def main() -> int:
         print(f"== preprocess {name}", flush=True)
         try:
             entry = run_preprocess(model_dir, data_root, work / f"cache-{name}", size, variants[name],
-                                   out.parent / f"preprocess_ray_data_stats_{name}.txt")
+                                   out.parent / f"preprocess_ray_data_stats_{name}.txt", ray_start_s)
         except Exception as error:  # noqa: BLE001 - record and go on
             import traceback
 
@@ -361,15 +524,30 @@ def main() -> int:
             entry["ratio_steady_over_bare"] = round(entry["steady_clips_per_s"] / bare, 3)
         if entry.get("end_to_end_clips_per_s"):
             entry["ratio_end_to_end_over_bare"] = round(entry["end_to_end_clips_per_s"] / bare, 3)
+        if entry.get("first_shard_after_call_s") is not None:
+            # the actors were timed in the default layout
+            loaded = None if {"encode_actors", "encode_gpus"} & set(variants[name]) else actors["all_ready_s"]
+            first_decode = report["start"]["first_decode_fresh_process_s"]
+            entry["time_to_first_shard_parts"] = {
+                "ray_start_s": round(ray_start_s, 2), "encoder_actors_ready_s": loaded,
+                "first_decode_fresh_process_s": first_decode,
+                # what the call spent beyond the slower of the two (they overlap): batching, the first VAE and
+                # T5 calls, the shard write, scheduling
+                "rest_s": round(entry["first_shard_after_call_s"] - max(loaded or 0, first_decode), 2)}
         report["ray_ltx"][name] = entry
         print(json.dumps(entry), flush=True)
         write_json(out, report)
 
-    best = max((e.get("ratio_steady_over_bare") or 0 for e in report["ray_ltx"].values()), default=0)
     default = report["ray_ltx"].get("default", {})
-    report["goal_met"] = {"default_ratio_steady": default.get("ratio_steady_over_bare"),
-                          "best_ratio_steady": best, "goal": GOAL_RATIO,
-                          "met_with_defaults": (default.get("ratio_steady_over_bare") or 0) >= GOAL_RATIO}
+    values = {"steady_over_bare": default.get("ratio_steady_over_bare"),
+              "end_to_end_over_bare": default.get("ratio_end_to_end_over_bare"),
+              "time_to_first_shard_s": default.get("time_to_first_shard_s")}
+    report["goal_met"] = {
+        key: {"value": value, "goal": GOALS[key],
+              "met": None if value is None else value <= GOALS[key] if key.endswith("_s") else value >= GOALS[key]}
+        for key, value in values.items()}
+    report["goal_met"]["best_ratio_steady"] = max(
+        (e.get("ratio_steady_over_bare") or 0 for e in report["ray_ltx"].values()), default=0)
     write_json(out, report)
     print("\n| what | clips/s | ratio to bare |\n|---|---|---|")
     print(f"| bare VAE+T5 | {report['bare']['clips_per_s']} | 1 |")
@@ -377,6 +555,9 @@ def main() -> int:
         print(f"| ray-ltx {name} steady | {e.get('steady_clips_per_s')} | {e.get('ratio_steady_over_bare')} |")
         print(f"| ray-ltx {name} end to end | {e.get('end_to_end_clips_per_s')} | "
               f"{e.get('ratio_end_to_end_over_bare')} |")
+    decode = report["decode_rate"]
+    print(f"decode: {decode['clips_per_s_per_core']} clips/s per core ({decode['host_cpus']} cores busy); "
+          f"{decode['cores_per_gpu_at_bare_rate']} cores per GPU at the bare rate")
     print("goal:", json.dumps(report["goal_met"]))
     return 0
 

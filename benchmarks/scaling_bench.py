@@ -86,8 +86,8 @@ def preprocess_point(gpus: int, work: Path, tiny: bool, clips: int, timeout: flo
         return {"error": f"exit {proc.returncode}", "log_tail": (proc.stderr or proc.stdout)[-3000:]}
     report = json.loads(out.read_text())
     entry = report.get("ray_ltx", report.get("variants", {})).get("default", report)
-    return {"gpus": gpus, "command": " ".join(command), "result": entry,
-            "bare": report.get("bare"), "cpus": os.cpu_count()}
+    return {"gpus": gpus, "command": " ".join(command), "result": entry, "bare": report.get("bare"),
+            "decode_rate": report.get("decode_rate"), "start": report.get("start"), "cpus": os.cpu_count()}
 
 
 def main() -> int:

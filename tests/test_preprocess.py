@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,15 @@ def test_sample_videos_decode_to_the_requested_size(sample_data: Path) -> None:
         frames = decode_frames(str(sample_data / rel), indices, 64, 96)
         assert frames.shape == (9, 64, 96, 3) and frames.dtype == np.uint8
         assert frames.std() > 5  # a real picture, not a blank
+
+
+def test_decode_tasks_and_shard_writers_import_no_torch() -> None:
+    """Every CPU's first decode task imports its module while the encoders load: torch would take seconds of it."""
+    import subprocess
+    import sys
+
+    code = "import sys, ray_ltx.data.decode, ray_ltx.data.pipeline; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
 def test_bucket_takes_the_most_frames_then_the_closest_aspect() -> None:
@@ -141,6 +151,68 @@ def test_every_skip_reason_is_recorded_with_the_file(tiny_model: Path, tmp_path:
     assert "empty_caption" in {s["reason"] for s in manifest.skipped}
     summary = capsys.readouterr().out
     assert "skipped:" in summary and "v/short.mp4" in summary and "too_short" in summary
+
+
+def _ray_data_logs() -> set[Path]:
+    """Each Ray Data run's log (its plan, its workers' warnings): one file per dataset."""
+    from ray.data._internal.logging import get_log_directory
+
+    return set(Path(get_log_directory()).glob("ray-data-dataset_*.log"))
+
+
+def _lines(logs: set[Path]) -> list[str]:
+    return [line for path in sorted(logs) for line in path.read_text().splitlines()]
+
+
+def test_every_column_of_the_stream_stays_plain_arrow(tiny_model: Path, tmp_path: Path) -> None:
+    """One row per batch, so the empty prompt and a skipped clip each travel alone: their empty shapes once made
+    Ray Data pickle the column."""
+    root = tmp_path / "data"
+    root.mkdir()
+    clip(root / "good.mp4", 12)
+    clip(root / "short.mp4", 5)
+    (root / "prompts.txt").write_text("a good clip\na short clip\n")
+    (root / "videos.txt").write_text("good.mp4\nshort.mp4\n")
+    before = _ray_data_logs()
+    manifest = preprocess(base_config(tiny_model, root, tmp_path / "out", encode_batch_size=1))
+    assert manifest.num_samples == 1 and [s["reason"] for s in manifest.skipped] == ["too_short"]
+    lines = _lines(_ray_data_logs() - before)
+    assert any("Execution plan" in line for line in lines)  # the run's own log was read
+    fallbacks = [line for line in lines if re.search(r"pickl|into pyarrow array|ArrowConversionError|Pandas block", line)]
+    assert not fallbacks, fallbacks[:5]
+
+
+def test_a_rerun_over_a_complete_cache_loads_no_model(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    """Nothing left to encode but clips the last run skipped: they are decoded again, no encoder is loaded."""
+    root = tmp_path / "data"
+    root.mkdir()
+    clip(root / "good.mp4", 12)
+    clip(root / "short.mp4", 5)
+    (root / "prompts.txt").write_text("a good clip\na short clip\n")
+    (root / "videos.txt").write_text("good.mp4\nshort.mp4\n")
+    config = base_config(tiny_model, root, tmp_path / "out")
+    cache_dir = Path(config.cache_dir)
+    first = preprocess(config)
+    assert "models loaded: VAE, text encoder" in capsys.readouterr().out
+
+    before = _ray_data_logs()
+    again = preprocess(config)
+    assert "models loaded: none" in capsys.readouterr().out
+    assert again.skipped == first.skipped and again.stats["reused"] == 1 and again.stats["encoded"] == 0
+    plans = [line for line in _lines(_ray_data_logs() - before) if "Execution plan" in line]
+    assert plans and not any("Encoder" in line for line in plans), plans  # a decode-only run, no encoder actor
+
+    embeds, mask = cache_lib.read_empty_prompt(str(cache_dir))
+    (cache_dir / cache_lib.EMPTY_PROMPT).unlink()
+    preprocess(config)  # as if the last run died before the empty prompt was written
+    assert "models loaded: text encoder\n" in capsys.readouterr().out
+    embeds_again, mask_again = cache_lib.read_empty_prompt(str(cache_dir))
+    assert torch.allclose(embeds_again, embeds, atol=1e-5) and torch.equal(mask_again, mask)
+
+    clip(root / "short.mp4", 12, seed=1)  # the skipped clip, replaced by a usable one
+    fixed = preprocess(config)
+    assert "models loaded: VAE, text encoder" in capsys.readouterr().out
+    assert fixed.num_samples == 2 and not fixed.skipped and fixed.stats["encoded"] == 1
 
 
 def test_nothing_surviving_is_an_error_that_says_why(tiny_model: Path, tmp_path: Path) -> None:

@@ -11,11 +11,13 @@ transformers' filter bank so torchaudio is not needed.
 from __future__ import annotations
 
 import os
-from typing import BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import av
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch only for the spectrogram: decode tasks, which call decode_audio, do without it
+    import torch
 
 AudioErrorReason = Literal["audio_unreadable"]
 #: Channels the audio is decoded to: LTX-2's audio VAE takes stereo (a mono track is duplicated, more are mixed down).
@@ -74,6 +76,7 @@ def decode_audio(source: str | os.PathLike | BinaryIO, start: float, duration: f
 def log_mel_spectrogram(waveform: torch.Tensor, sample_rate: int, hop_length: int, mel_bins: int,
                         n_fft: int = 1024) -> torch.Tensor:
     """(channels, samples) -> (channels, frames, mel_bins) log-magnitude mel spectrogram (frames = samples // hop + 1)."""
+    import torch
     from transformers.audio_utils import mel_filter_bank
 
     spectrum = torch.stft(waveform.float(), n_fft=n_fft, hop_length=hop_length, win_length=n_fft,

@@ -26,14 +26,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from ray_ltx import __version__, storage
 from ray_ltx.config import Config
 from ray_ltx.errors import CacheError
 from ray_ltx.redaction import redact
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch only where tensors are made: the shard writers of preprocessing start without it
+    import torch
+
     from ray_ltx.model.family import ModelFamily
 
 FORMAT_VERSION = 1
@@ -68,11 +69,15 @@ SHARD_SCHEMA = pa.schema(
 
 
 def tensor_to_bytes(tensor: torch.Tensor) -> tuple[bytes, list[int], str]:
+    import torch
+
     tensor = tensor.detach().contiguous().cpu()
     return tensor.view(torch.uint8).numpy().tobytes(), list(tensor.shape), str(tensor.dtype).removeprefix("torch.")
 
 
 def tensor_from_bytes(data: bytes, shape: Sequence[int], dtype: str) -> torch.Tensor:
+    import torch
+
     flat = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     return flat.view(getattr(torch, dtype)).reshape(tuple(shape))
 
@@ -309,6 +314,7 @@ def write_manifest(cache_dir: str, manifest: Manifest) -> None:
 
 
 def write_empty_prompt(cache_dir: str, embeds: torch.Tensor, mask: torch.Tensor) -> None:
+    import torch
     from safetensors.torch import save
 
     data = save({"prompt_embeds": embeds.contiguous(), "prompt_attention_mask": mask.to(torch.uint8).contiguous()})
@@ -326,6 +332,8 @@ def read_empty_prompt(cache_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def row_to_tensors(row: dict[str, Any]) -> dict[str, torch.Tensor]:
+    import torch
+
     mask = np.frombuffer(row["prompt_attention_mask"], dtype=np.uint8).astype(bool)
     return {
         "latents": tensor_from_bytes(row["latents"], row["latents_shape"], row["latents_dtype"]),

@@ -5,6 +5,9 @@
 encodes a prompt (padding to ``max_sequence_length``, truncation counted). The models and how they
 are called come from the family (:mod:`ray_ltx.model.family`). Both run on a GPU when the actor was
 given one and on the CPU otherwise (that is what the tests run).
+
+Models load in the constructor: Ray Data creates a pool's actors as soon as the stream starts (not on the
+first batch), so they load while the first clips decode.
 """
 
 from __future__ import annotations
@@ -14,15 +17,13 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from ray_ltx.config import Config
 from ray_ltx.data.cache import extras_to_bytes, tensor_to_bytes
+from ray_ltx.data.decode import OK, PROMPT_ONLY, stream_table
 from ray_ltx.model.family import family_for
-
-#: Row statuses flowing through the pipeline.
-OK = "ok"
-PROMPT_ONLY = "prompt_only"  # the empty prompt, encoded once for caption dropout
 
 
 def _device() -> torch.device:
@@ -52,7 +53,7 @@ class VaeEncoder:
         waveform = torch.from_numpy(np.frombuffer(audio, np.float32).reshape(shape).copy()) if audio else None
         return self.audio.encode(waveform, num_frames, self.config.diffusion.frame_rate)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, batch: dict[str, Any]) -> pa.Table:
         n = len(batch["sample_id"])
         latents: list[bytes] = [b""] * n
         shapes: list[list[int]] = [[] for _ in range(n)]
@@ -77,7 +78,7 @@ class VaeEncoder:
         out = {key: value for key, value in batch.items() if key not in ("frames", "frames_shape", "audio", "audio_shape")}
         out.update(latents=latents, latents_shape=shapes, latents_dtype=dtypes, latent_spec=[self.spec] * n,
                    extras=extras)
-        return out
+        return stream_table(out)
 
 
 class PromptEncoder:
@@ -95,7 +96,7 @@ class PromptEncoder:
         encoded = self.encoder.encode(prompts, self.max_length)
         return encoded.embeds, encoded.mask, encoded.truncated
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, batch: dict[str, Any]) -> pa.Table:
         n = len(batch["sample_id"])
         embeds: list[bytes] = [b""] * n
         shapes: list[list[int]] = [[] for _ in range(n)]
@@ -113,4 +114,4 @@ class PromptEncoder:
         out = dict(batch)
         out.update(prompt_embeds=embeds, prompt_embeds_shape=shapes, prompt_embeds_dtype=dtypes,
                    prompt_attention_mask=masks, caption_truncated=truncated)
-        return out
+        return stream_table(out)

@@ -2,7 +2,7 @@
 
 The stream, all of it lazy and bounded in memory::
 
-    records (driver) -> decode_clips (CPU tasks: probe, bucket, sample, resize+crop)
+    records (driver) -> decode_clips (CPU tasks, ray_ltx.data.decode: probe, bucket, sample, resize+crop)
                      -> VaeEncoder (actors, GPU when present) -> PromptEncoder (actors)
                      -> write_shards (tasks: parquet shards, atomic) -> small result rows (driver)
 
@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 
 from ray_ltx import faults, locks, storage
-from ray_ltx.buckets import Bucket, assign_bucket
 from ray_ltx.config import Config
 from ray_ltx.data import cache as cache_lib
-from ray_ltx.data.encode import OK, PROMPT_ONLY, PromptEncoder, VaeEncoder
+from ray_ltx.data.decode import OK, PROMPT_ONLY, decode_clips
 from ray_ltx.data.sources import Record, Skip, dataset_given, dataset_name, read_records
 from ray_ltx.errors import CacheError, DatasetError, StorageFullError, is_disk_full
 from ray_ltx.redaction import redact
@@ -34,83 +33,6 @@ log = logging.getLogger(__name__)
 
 EMPTY_PROMPT_ID = "__empty_prompt__"
 PROGRESS_SECONDS = 10.0
-
-
-# -- stage 1: decode (CPU tasks) -----------------------------------------------------------------
-
-
-def _open_media(path: str):
-    """A local path as is (PyAV reads it directly); a remote file as a seekable stream."""
-    if not storage.is_uri(path):
-        return path
-    fs, inner = storage.filesystem(path)
-    return fs.open_input_file(inner)
-
-
-def decode_one(row: dict[str, Any], buckets: list[Bucket], data: dict[str, Any]) -> dict[str, Any]:
-    """Probe, bucket, sample and decode one clip; a clip that cannot be used becomes a skip row."""
-    from ray_ltx.data.audio import AudioError, decode_audio
-    from ray_ltx.data.video import MediaError, decode_frames, probe, sample_frame_indices
-
-    # Frames and audio travel as raw bytes + shape: Arrow's ragged tensor columns do not survive every block merge.
-    out = {**row, "bucket": "", "status": OK, "detail": "", "frames": b"", "frames_shape": [0, 0, 0, 3], "audio": b"",
-           "audio_shape": [0, 0]}
-    if row["status"] == PROMPT_ONLY:
-        return {**out, "status": PROMPT_ONLY}
-    source = None
-    try:
-        if not storage.exists(row["path"]):
-            raise MediaError("missing_file", row["rel_path"], f"no such file ({row['where']})")
-        source = _open_media(row["path"])
-        info = probe(source)
-        bucket = assign_bucket(info.num_frames, info.height, info.width, buckets)
-        if bucket is None:
-            smallest = min(b.frames for b in buckets)
-            if info.is_image:
-                reason, detail = "image_without_image_bucket", (
-                    f"{row['rel_path']}: an image, but no bucket has 1 frame; add e.g. 1x512x768 to "
-                    "--video_resolution_buckets")
-            else:
-                reason, detail = "too_short", (
-                    f"{row['rel_path']}: {info.num_frames} frames, the smallest bucket needs {smallest}")
-            return {**out, "status": reason, "detail": detail}
-        indices = sample_frame_indices(info.num_frames, bucket.frames, info.fps, mode=data["frame_sampling"],
-                                       sample_fps=data["sample_fps"], stride=data["frame_stride"])
-        if data["audio"] != "off":  # the audio of the sampled frames' span, before the costlier video decode
-            if hasattr(source, "seek"):
-                source.seek(0)
-            waveform = None if info.is_image else decode_audio(
-                source, indices[0] / info.fps, bucket.frames / data["sample_fps"], data["audio_sample_rate"],
-                row["rel_path"])
-            if waveform is None and data["audio"] == "required":
-                return {**out, "status": "no_audio", "detail": f"{row['rel_path']}: no audio track (--audio required "
-                        "skips it; --audio on trains it video-only)"}
-            if waveform is not None:
-                out.update(audio=waveform.tobytes(), audio_shape=list(waveform.shape))
-        if hasattr(source, "seek"):
-            source.seek(0)
-        frames = decode_frames(source, indices, bucket.height, bucket.width)
-        return {**out, "bucket": str(bucket), "frames": frames.tobytes(), "frames_shape": list(frames.shape)}
-    except (MediaError, AudioError) as error:
-        return {**out, "status": error.reason, "detail": str(error)}
-    except ValueError as error:  # sampling: e.g. too short at the requested fps/stride
-        return {**out, "status": "too_short", "detail": f"{row['rel_path']}: {error}"}
-    except Exception as error:  # a decoder failure nobody foresaw skips this clip, never the whole job
-        return {**out, "status": "unreadable", "detail": f"{row['rel_path']}: {type(error).__name__}: {error}"}
-    finally:
-        if source is not None and hasattr(source, "close"):
-            source.close()
-
-
-def decode_clips(batch: dict[str, Any], buckets: list[str], data: dict[str, Any]) -> dict[str, Any]:
-    parsed = [Bucket.parse(b) for b in buckets]
-    keys = list(batch)
-    rows = []
-    for i in range(len(batch["sample_id"])):
-        row = {k: batch[k][i] for k in keys}
-        own = [Bucket.parse(b) for b in row["buckets"].split()]  # a dataset config's dataset may bring its own
-        rows.append(decode_one(row, own or parsed, data))
-    return {key: [row[key] for row in rows] for key in rows[0]}
 
 
 # -- stage 4: write shards (tasks) ---------------------------------------------------------------
@@ -249,27 +171,42 @@ def encoder_layout(actors: int | None, gpus_per_actor: float | None, cluster_gpu
     return gpus_per_actor, actors
 
 
+def decode_settings(config: Config, audio_sample_rate: int | None) -> dict[str, Any]:
+    """What :func:`ray_ltx.data.decode.decode_one` needs of the config (shipped with every decode task)."""
+    data = config.data
+    return {"frame_sampling": data.frame_sampling, "sample_fps": data.sample_fps, "frame_stride": data.frame_stride,
+            "audio": data.audio, "audio_sample_rate": audio_sample_rate}
+
+
+def _decoded(ds, config: Config, audio_sample_rate: int | None):
+    return ds.map_batches(
+        decode_clips, batch_size=1, num_cpus=config.data.decode_cpus,
+        fn_kwargs={"buckets": [str(b) for b in config.data.video_resolution_buckets],
+                   "data": decode_settings(config, audio_sample_rate)},
+    )
+
+
 def _ray_data_stream(config: Config, rows: list[dict[str, Any]], cache_dir: str, digest: str,
                      audio_sample_rate: int | None):
+    """Decode -> VAE -> text encoder -> shards; without clips (only the empty prompt left) the text encoder alone."""
     import ray
 
     from ray_ltx.cluster import cluster_gpus
+    from ray_ltx.data.encode import PromptEncoder, VaeEncoder  # here: the shard writers import this module, no torch
 
     data = config.data
+    clips = any(row["status"] == OK for row in rows)
     gpus, actors = encoder_layout(data.encode_actors, data.encode_gpus, cluster_gpus())
-    log.info("encoding with %d VAE and %d T5 actor(s), %s GPU each", actors, actors, gpus or "no")
+    log.info("encoding with %s%d T5 actor(s), %s GPU each", f"{actors} VAE and " if clips else "", actors,
+             gpus or "no")
     config_dict = config.to_dict()
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
-    ds = ds.map_batches(
-        decode_clips, batch_size=1, num_cpus=data.decode_cpus,
-        fn_kwargs={"buckets": [str(b) for b in data.video_resolution_buckets],
-                   "data": {"frame_sampling": data.frame_sampling, "sample_fps": data.sample_fps,
-                            "frame_stride": data.frame_stride, "audio": data.audio,
-                            "audio_sample_rate": audio_sample_rate}},
-    )
     actor_kwargs: dict[str, Any] = {"num_gpus": gpus} if gpus else {"num_cpus": 1}
-    ds = ds.map_batches(VaeEncoder, batch_size=data.encode_batch_size, fn_constructor_kwargs={"config": config_dict},
-                        compute=ray.data.ActorPoolStrategy(size=actors), **actor_kwargs)
+    if clips:
+        ds = _decoded(ds, config, audio_sample_rate)
+        ds = ds.map_batches(VaeEncoder, batch_size=data.encode_batch_size,
+                            fn_constructor_kwargs={"config": config_dict},
+                            compute=ray.data.ActorPoolStrategy(size=actors), **actor_kwargs)
     ds = ds.map_batches(PromptEncoder, batch_size=data.encode_batch_size,
                         fn_constructor_kwargs={"config": config_dict},
                         compute=ray.data.ActorPoolStrategy(size=actors), **actor_kwargs)
@@ -277,6 +214,29 @@ def _ray_data_stream(config: Config, rows: list[dict[str, Any]], cache_dir: str,
                         fn_kwargs={"cache_dir": cache_dir, "digest": digest,
                                    "fault": faults.FaultPlan.from_env(cache_dir)})
     return ds
+
+
+def _skipped_again(config: Config, todo: list[Record], audio_sample_rate: int | None) -> tuple[list[Record], list[Skip]]:
+    """Decode clips that the last run skipped, with no model loaded: (those that decode now, those skipped again).
+
+    A file may have been replaced or the buckets changed since, so the clips are decoded again, but a rerun whose
+    only clips left are these loads no VAE or text encoder to learn that they are still unusable.
+    """
+    import ray
+
+    rows = [{**r.to_row(), "status": OK} for r in todo]
+    ds = _decoded(ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200))), config,
+                  audio_sample_rate).select_columns(["sample_id", "rel_path", "status", "detail"])
+    usable: set[str] = set()
+    skips = []
+    for batch in ds.iter_batches(batch_size=None):
+        for sid, rel, status, detail in zip(batch["sample_id"], batch["rel_path"], batch["status"], batch["detail"],
+                                            strict=True):
+            if status == OK:
+                usable.add(sid)
+            else:
+                skips.append(Skip(rel, status, detail))
+    return [r for r in todo if r.sample_id in usable], skips
 
 
 def _encoded_batches(config: Config, rows: list[dict[str, Any]], cache_dir: str, digest: str,
@@ -303,8 +263,18 @@ def preprocess(config: Config) -> cache_lib.Manifest:
         return _preprocess(config)
 
 
-def _preprocess(config: Config) -> cache_lib.Manifest:
+def _start_ray(config: Config) -> None:
+    """Start or join Ray, with one progress display (ours: a bar on a terminal, lines with an ETA in logs) instead
+    of Ray Data's operator dumps."""
+    import ray.data
+
     from ray_ltx.cluster import init_ray
+
+    init_ray(config)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def _preprocess(config: Config) -> cache_lib.Manifest:
     from ray_ltx.model.family import family_for
 
     started = time.monotonic()
@@ -326,20 +296,25 @@ def _preprocess(config: Config) -> cache_lib.Manifest:
 
     skipped = [s.to_row() for s in listing_skips]
     encoded = 0
-    if todo or need_empty:
-        init_ray(config)
+    audio_rate = family.audio_sample_rate() if config.data.audio != "off" else None
+    skipped_before = {s["path"] for s in existing.skipped} if existing and existing.fingerprint == fp else set()
+    if todo and all(r.rel_path in skipped_before for r in todo):
+        log.info("preprocess: the %d clip(s) left were skipped by the last run: decoding them again before loading "
+                 "any model", len(todo))
+        _start_ray(config)
+        todo, again = _skipped_again(config, todo, audio_rate)
+        skipped += [skip.to_row() for skip in again]
+    models = ["VAE", "text encoder"] if todo else ["text encoder"] if need_empty else []
+    if models:
+        _start_ray(config)
         rows = [{**r.to_row(), "status": OK} for r in todo]
         if need_empty:
             rows.append({"sample_id": EMPTY_PROMPT_ID, "caption": "", "path": "", "rel_path": "", "where": "",
                          "buckets": "", "status": PROMPT_ONLY})
-        import ray.data
-
         from ray_ltx.progress import Progress
 
-        # One progress display (a bar on a terminal, lines with an ETA in logs) instead of Ray Data's operator dumps.
-        ray.data.DataContext.get_current().enable_progress_bars = False
         progress = Progress(len(todo), "preprocess: clip", "clips", logger=log, every_s=PROGRESS_SECONDS)
-        audio_rate = family.audio_sample_rate() if config.data.audio != "off" else None
+        stream_skips = 0
         for batch in _encoded_batches(config, rows, cache_dir, digest, audio_rate):
             for i, kind in enumerate(batch["kind"]):
                 if kind == "shard":
@@ -350,9 +325,10 @@ def _preprocess(config: Config) -> cache_lib.Manifest:
                     encoded += len(ids)
                 elif kind == "skip":
                     skipped.append(Skip(batch["path"][i], batch["reason"][i], batch["detail"][i]).to_row())
-            done_now = encoded + len(skipped) - len(listing_skips)
+                    stream_skips += 1
+            done_now = encoded + stream_skips
             elapsed = time.monotonic() - started
-            progress.update(min(done_now, len(todo)), encoded=encoded, skipped=len(skipped) - len(listing_skips),
+            progress.update(min(done_now, len(todo)), encoded=encoded, skipped=stream_skips,
                             clips_per_s=round(done_now / elapsed, 2) if elapsed > 0 else None)
         progress.close()
 
@@ -366,7 +342,7 @@ def _preprocess(config: Config) -> cache_lib.Manifest:
     if manifest.num_samples == 0:
         raise DatasetError(_nothing_survived(config, manifest))
     cache_lib.write_manifest(cache_dir, manifest)
-    print(format_summary(manifest, cache_dir))
+    print(format_summary(manifest, cache_dir, models))
     return manifest
 
 
@@ -396,9 +372,13 @@ def _nothing_survived(config: Config, manifest: cache_lib.Manifest) -> str:
     )
 
 
-def format_summary(manifest: cache_lib.Manifest, cache_dir: str) -> str:
+def format_summary(manifest: cache_lib.Manifest, cache_dir: str, models: list[str] | None = None) -> str:
+    """What the cache holds and skipped; with ``models``, the encoders this run loaded (none when nothing was
+    left to encode, which says why a rerun took seconds)."""
     lines = [f"Latent cache: {redact(cache_dir)}", f"  samples: {manifest.num_samples} "
              f"(encoded now: {manifest.stats.get('encoded', 0)}, reused: {manifest.stats.get('reused', 0)})"]
+    if models is not None:
+        lines.append(f"  models loaded: {', '.join(models) or 'none'}")
     lines.append("  per bucket: " + ", ".join(f"{b}: {n}" for b, n in manifest.counts_per_bucket().items()))
     if manifest.skipped:
         lines.append("  skipped: " + ", ".join(f"{r}: {n}" for r, n in manifest.skips_per_reason().items()))
