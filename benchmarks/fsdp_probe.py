@@ -300,6 +300,9 @@ def child(args: argparse.Namespace) -> int:
 
     cuda = torch.cuda.is_available() and not args.tiny
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    if cuda:  # the allocator's statistics exist only once CUDA is initialised ("Invalid device argument" before)
+        torch.cuda.set_device(device)
+        torch.zeros(1, device=device)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     dist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1,
