@@ -65,7 +65,7 @@ VARIANTS: dict[str, dict[str, Any]] = {  # in the order they run by default: wha
     "fsdp_head_ckpt_b1": {"engine": "fsdp", "batch": 1, "ckpt": True, "options": HEAD_OPTIONS, "head": True},
     "ddp_b2": {"engine": "ddp", "batch": 2, "ckpt": False},
     "ddp_b4": {"engine": "ddp", "batch": 4, "ckpt": False},
-    "fsdp_fp32_reduce_ckpt_b1": {"engine": "fsdp", "batch": 1, "ckpt": True, "options": {"reduce_dtype": "fp32"}},
+    "fsdp_bf16_reduce_ckpt_b1": {"engine": "fsdp", "batch": 1, "ckpt": True, "options": {"reduce_dtype": None}},
     "ddp_b1": {"engine": "ddp", "batch": 1, "ckpt": False},
     "fsdp_b2": {"engine": "fsdp", "batch": 2, "ckpt": False},
     "ddp_ckpt_b1_again": {"engine": "ddp", "batch": 1, "ckpt": True},

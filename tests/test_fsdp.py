@@ -216,10 +216,10 @@ def _train_alone(backend: str, gradient_checkpointing: bool, steps: int = 3):
 
 @pytest.mark.parametrize("gradient_checkpointing", [False, True])
 def test_one_worker_fsdp_steps_like_the_unsharded_path(one_process_group, gradient_checkpointing: bool) -> None:
-    # One worker: no resharding after the forward, no fp32 round trip of gradients, the optimizer stepping the
-    # local shards (from the second step on) -- the same updates as the unsharded path, clipping included.
+    # One worker: no resharding after the forward, the optimizer stepping the local shards (from the second step on)
+    # -- the same updates as the unsharded path, clipping included.
     fsdp = _train_alone("fsdp", gradient_checkpointing)
-    assert not fsdp.options.reshard_after_forward and fsdp.options.reduce_dtype is None
+    assert not fsdp.options.reshard_after_forward and fsdp.options.reduce_dtype == torch.float32
     _assert_same_weights(fsdp.full_state_dict(), _train_alone("ddp", gradient_checkpointing).full_state_dict())
 
 
@@ -227,8 +227,8 @@ def test_fsdp_options_keep_what_sharding_needs() -> None:
     from ray_ltx.train.fsdp import FSDPOptions
 
     alone = FSDPOptions.for_run(build_config({"backend": "fsdp"}), 1)
-    assert not alone.reshard_after_forward and alone.reduce_dtype is None
-    # Gradients summed over micro-batches or workers are summed in fp32; more workers reshard to save memory.
+    assert not alone.reshard_after_forward and alone.reduce_dtype == torch.float32
+    # Gradients are summed in fp32 however many micro-batches or workers; more workers reshard to save memory.
     accumulating = FSDPOptions.for_run(build_config({"backend": "fsdp", "gradient_accumulation_steps": 2}), 1)
     assert accumulating.reduce_dtype == torch.float32
     shrunk = FSDPOptions.for_run(build_config({"backend": "fsdp", "num_workers": "1:2"}), 1)

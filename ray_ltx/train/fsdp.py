@@ -82,11 +82,10 @@ class FSDPOptions:
         # One worker holding its whole model on the GPU: the "shard" is the parameter itself, so freeing the
         # gathered copy after the forward saves nothing that the backward would not copy back at once.
         alone = world_size == 1 and not config.distributed.offload_params
-        # fp32 keeps a sum of bf16 gradients exact: over workers, or over a worker's micro-batches (FSDP then
-        # accumulates in the reduce dtype). One pass on one worker sums nothing; the round trip is only copying.
-        passes = -(-config.training.gradient_accumulation_steps * config.distributed.max_workers // world_size)
-        sums = world_size > 1 or passes > 1
-        return cls(reshard_after_forward=not alone, reduce_dtype=torch.float32 if sums else None)
+        # Gradients reduced in fp32 always: exact sums over workers and micro-batches (FSDP accumulates in the reduce
+        # dtype), and on one H200 also the faster of the two at one worker and one pass (0.273 vs 0.289 s/step,
+        # benchmarks/results/fsdp_probe_h200.json), where the bf16 setting only saves a copy.
+        return cls(reshard_after_forward=not alone, reduce_dtype=torch.float32)
 
 
 class FSDPEngine(Engine):
