@@ -325,7 +325,8 @@ class DistributedConfig(_Section):
     """How Ray places workers on nodes."""
     backend: Literal["ddp", "deepspeed", "fsdp"] = "ddp"
     """How workers share the model: 'ddp' keeps a whole copy per worker (LoRA, and full finetunes that fit
-    one GPU); 'deepspeed' shards optimizer state (ZeRO-2) or also parameters (ZeRO-3), with optional CPU
+    one GPU: the fastest where the model fits, e.g. the 2B full finetune on one H200 at 13.7 samples/s, FSDP
+    0.77x of it at batch 1; docs/performance.md); 'deepspeed' shards optimizer state (ZeRO-2) or also parameters (ZeRO-3), with optional CPU
     offload (a fixed num_workers only: its checkpoints load only at the size that wrote them); 'fsdp' (torch
     FSDP2) shards parameters, gradients and optimizer state per transformer block (full finetunes larger than
     one GPU), and its checkpoints resume on another number of workers."""
