@@ -124,7 +124,8 @@ class FSDPEngine(Engine):
         if not math.isfinite(norm):  # an inf/nan gradient would turn every weight into nan: no update
             self.skip()
             return norm
-        if self.options.local_optimizer_step:
+        # Only torch's Adam/AdamW are known elementwise (bitsandbytes' 8-bit AdamW quantises state in blocks).
+        if self.options.local_optimizer_step and isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW)):
             _step_local_shards(self.optimizer)
         else:
             self.optimizer.step()
