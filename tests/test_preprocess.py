@@ -164,6 +164,20 @@ def _lines(logs: set[Path]) -> list[str]:
     return [line for path in sorted(logs) for line in path.read_text().splitlines()]
 
 
+@pytest.fixture
+def ray_data_plans():
+    """Ray Data's plan lines in its logs: ray-ltx quiets the executor's INFO lines once it has connected to Ray
+    (``ray_ltx.logs.quiet_ray``), which an earlier test in the session may have done."""
+    import logging
+
+    logger = logging.getLogger("ray.data._internal.execution.streaming_executor")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield
+    logger.setLevel(level)
+
+
+@pytest.mark.usefixtures("ray_data_plans")
 def test_every_column_of_the_stream_stays_plain_arrow(tiny_model: Path, tmp_path: Path) -> None:
     """One row per batch, so the empty prompt and a skipped clip each travel alone: their empty shapes once made
     Ray Data pickle the column."""
@@ -182,6 +196,7 @@ def test_every_column_of_the_stream_stays_plain_arrow(tiny_model: Path, tmp_path
     assert not fallbacks, fallbacks[:5]
 
 
+@pytest.mark.usefixtures("ray_data_plans")
 def test_a_rerun_over_a_complete_cache_loads_no_model(tiny_model: Path, tmp_path: Path, capsys) -> None:
     """Nothing left to encode but clips the last run skipped: they are decoded again, no encoder is loaded."""
     root = tmp_path / "data"
