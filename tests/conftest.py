@@ -96,6 +96,21 @@ def make_config(tiny_model: Path, sample_data: Path, shared_cache: Path, tmp_pat
     return make
 
 
+@pytest.fixture(scope="module")
+def one_process_group():
+    """A one-process gloo group in this process (an engine at world size 1, without Ray); yields its port."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield port
+    dist.destroy_process_group()
+
+
 def copy_tree(source: Path, dest: Path) -> Path:
     shutil.copytree(source, dest)
     return dest

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -46,23 +45,11 @@ class _RunsCode:
         return (Path.touch, (Path(self.marker),))
 
 
-@pytest.fixture(scope="module")
-def _gloo_group():
-    import torch.distributed as dist
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield port
-    dist.destroy_process_group()
-
-
 @pytest.fixture
-def process_group(_gloo_group: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def process_group(one_process_group: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """A one-process gloo group and the variables a Ray Train worker of a single-worker run has (DeepSpeed reads
     LOCAL_RANK); set for each test only, so that a Ray started later in the session does not inherit them."""
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_gloo_group), "RANK": "0", "LOCAL_RANK": "0",
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(one_process_group), "RANK": "0", "LOCAL_RANK": "0",
            "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)

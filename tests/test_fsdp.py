@@ -167,21 +167,6 @@ def test_fsdp_full_finetune_trains_like_ddp_and_loads_with_from_pretrained(tiny_
     assert not torch.allclose(weights["fsdp"]["proj_in.weight"], base["proj_in.weight"])  # the root unit trained too
 
 
-@pytest.fixture(scope="module")
-def one_process_group():
-    """A one-process gloo group in this process: the FSDP engine at world size 1, without Ray."""
-    import socket
-
-    import torch.distributed as dist
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
 def _train_alone(backend: str, gradient_checkpointing: bool, steps: int = 3):
     """A tiny full finetune on one worker, stepped as the loop steps it; returns the engine."""
     from ray_ltx.model.family import Batch, LatentSpec

@@ -164,6 +164,16 @@ def _lines(logs: set[Path]) -> list[str]:
     return [line for path in sorted(logs) for line in path.read_text().splitlines()]
 
 
+def _good_and_short_clip(root: Path) -> Path:
+    """A finetrainers dataset of a usable clip and one too short for any bucket (skipped)."""
+    root.mkdir()
+    clip(root / "good.mp4", 12)
+    clip(root / "short.mp4", 5)
+    (root / "prompts.txt").write_text("a good clip\na short clip\n")
+    (root / "videos.txt").write_text("good.mp4\nshort.mp4\n")
+    return root
+
+
 @pytest.fixture
 def ray_data_plans():
     """Ray Data's plan lines in its logs: ray-ltx quiets the executor's INFO lines once it has connected to Ray
@@ -181,12 +191,7 @@ def ray_data_plans():
 def test_every_column_of_the_stream_stays_plain_arrow(tiny_model: Path, tmp_path: Path) -> None:
     """One row per batch, so the empty prompt and a skipped clip each travel alone: their empty shapes once made
     Ray Data pickle the column."""
-    root = tmp_path / "data"
-    root.mkdir()
-    clip(root / "good.mp4", 12)
-    clip(root / "short.mp4", 5)
-    (root / "prompts.txt").write_text("a good clip\na short clip\n")
-    (root / "videos.txt").write_text("good.mp4\nshort.mp4\n")
+    root = _good_and_short_clip(tmp_path / "data")
     before = _ray_data_logs()
     manifest = preprocess(base_config(tiny_model, root, tmp_path / "out", encode_batch_size=1))
     assert manifest.num_samples == 1 and [s["reason"] for s in manifest.skipped] == ["too_short"]
@@ -199,12 +204,7 @@ def test_every_column_of_the_stream_stays_plain_arrow(tiny_model: Path, tmp_path
 @pytest.mark.usefixtures("ray_data_plans")
 def test_a_rerun_over_a_complete_cache_loads_no_model(tiny_model: Path, tmp_path: Path, capsys) -> None:
     """Nothing left to encode but clips the last run skipped: they are decoded again, no encoder is loaded."""
-    root = tmp_path / "data"
-    root.mkdir()
-    clip(root / "good.mp4", 12)
-    clip(root / "short.mp4", 5)
-    (root / "prompts.txt").write_text("a good clip\na short clip\n")
-    (root / "videos.txt").write_text("good.mp4\nshort.mp4\n")
+    root = _good_and_short_clip(tmp_path / "data")
     config = base_config(tiny_model, root, tmp_path / "out")
     cache_dir = Path(config.cache_dir)
     first = preprocess(config)
