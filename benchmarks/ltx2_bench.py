@@ -37,12 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Deadline, environment, write_json  # noqa: E402
 from train_bench import (  # noqa: E402
-    GIB,
     RANK,
     TARGET_MODULES,
+    print_table,
     run_baseline,
     run_ray_ltx,
     summarise,
+    time_steps,
     write_synthetic_cache,
 )
 
@@ -189,22 +190,8 @@ def baseline_one(spec: dict[str, Any]) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         return float(loss)  # a host sync each step, as the ray-ltx loop has
 
-    times = []
-    for i in range(spec["warmup"] + spec["steps"]):
-        started = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= spec["warmup"]:
-            times.append(time.perf_counter() - started)
-    reserved = torch.cuda.max_memory_reserved() / GIB if device.type == "cuda" else None
-    return {
-        "total_parameters": total_params,
-        "trainable_parameters": sum(p.numel() for p in params),
-        "forward_flops_per_sample": flops,
-        "step_times_s": [round(t, 5) for t in times],
-        "max_memory_reserved_gib": round(reserved, 3) if reserved is not None else None,
-    }
+    return {"total_parameters": total_params, "trainable_parameters": sum(p.numel() for p in params),
+            "forward_flops_per_sample": flops, **time_steps(step, spec["warmup"], spec["steps"], device)}
 
 
 # -- the pairs ---------------------------------------------------------------------------------------------------------
@@ -297,16 +284,7 @@ def main() -> int:
         write_json(out, report)
         shutil.rmtree(work / "runs" / run["name"], ignore_errors=True)
 
-    print("\n| config | s/step (median) | samples/s | max reserved GiB | MFU (790) | ray-ltx vs plain loop |")
-    print("|---|---|---|---|---|---|")
-    for group in ("baseline", "ray_ltx"):
-        for name, e in report[group].items():
-            if "error" in e:
-                print(f"| {name} | error: {e['error']} | | | | |")
-                continue
-            print(f"| {name} | {e.get('s_per_step_median')} | {e.get('samples_per_s')} | "
-                  f"{e.get('max_memory_reserved_gib')} | {e.get('mfu_vs_measured_790')} | "
-                  f"{e.get('speedup_vs_baseline', '')} |")
+    print_table(report, peak=790)
     return 0
 
 
