@@ -178,6 +178,18 @@ def decode_settings(config: Config, audio_sample_rate: int | None) -> dict[str, 
             "audio": data.audio, "audio_sample_rate": audio_sample_rate}
 
 
+def _clip_rows(records: list[Record]) -> list[dict[str, Any]]:
+    """The stream's first rows: one per clip to decode."""
+    return [{**r.to_row(), "status": OK} for r in records]
+
+
+def _items(rows: list[dict[str, Any]]):
+    """The rows as a Ray Data dataset, in up to 200 blocks (one row each for small runs)."""
+    import ray
+
+    return ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
+
+
 def _decoded(ds, config: Config, audio_sample_rate: int | None):
     return ds.map_batches(
         decode_clips, batch_size=1, num_cpus=config.data.decode_cpus,
@@ -200,7 +212,7 @@ def _ray_data_stream(config: Config, rows: list[dict[str, Any]], cache_dir: str,
     log.info("encoding with %s%d T5 actor(s), %s GPU each", f"{actors} VAE and " if clips else "", actors,
              gpus or "no")
     config_dict = config.to_dict()
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
+    ds = _items(rows)
     actor_kwargs: dict[str, Any] = {"num_gpus": gpus} if gpus else {"num_cpus": 1}
     if clips:
         ds = _decoded(ds, config, audio_sample_rate)
@@ -222,11 +234,8 @@ def _skipped_again(config: Config, todo: list[Record], audio_sample_rate: int | 
     A file may have been replaced or the buckets changed since, so the clips are decoded again, but a rerun whose
     only clips left are these loads no VAE or text encoder to learn that they are still unusable.
     """
-    import ray
-
-    rows = [{**r.to_row(), "status": OK} for r in todo]
-    ds = _decoded(ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200))), config,
-                  audio_sample_rate).select_columns(["sample_id", "rel_path", "status", "detail"])
+    ds = _decoded(_items(_clip_rows(todo)), config, audio_sample_rate).select_columns(
+        ["sample_id", "rel_path", "status", "detail"])
     usable: set[str] = set()
     skips = []
     for batch in ds.iter_batches(batch_size=None):
@@ -307,7 +316,7 @@ def _preprocess(config: Config) -> cache_lib.Manifest:
     models = ["VAE", "text encoder"] if todo else ["text encoder"] if need_empty else []
     if models:
         _start_ray(config)
-        rows = [{**r.to_row(), "status": OK} for r in todo]
+        rows = _clip_rows(todo)
         if need_empty:
             rows.append({"sample_id": EMPTY_PROMPT_ID, "caption": "", "path": "", "rel_path": "", "where": "",
                          "buckets": "", "status": PROMPT_ONLY})
